@@ -1,0 +1,101 @@
+"""Service settings: the only module that reads the environment.
+
+Every setting of the specification is here with its default; `.env.example`
+lists the same names. Settings are read once (`get_settings()`), and code that
+needs them receives the object, so tests construct their own.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_DATA_DIR = Path("data")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+    )
+
+    app_env: Literal["development", "production"] = "development"
+    log_level: str = "INFO"
+    data_dir: Path = DEFAULT_DATA_DIR
+
+    # Unset: a SQLite file under data_dir (the embedded default).
+    database_url: str | None = None
+    # Unset: an in-process rate limiter, which is not shared between replicas.
+    redis_url: str | None = None
+
+    # "key_id:base64url-32-bytes,..." with the primary first. Unset in development:
+    # a key file is generated under data_dir.
+    vault_keys: SecretStr | None = None
+
+    # Unset: connections are created in long-polling mode.
+    public_base_url: str | None = None
+    telegram_api_base: str = "https://api.telegram.org"
+    telegram_max_retries: int = Field(default=3, ge=0, le=10)
+    telegram_request_timeout: float = Field(default=10.0, gt=0, le=120)
+    telegram_webhook_max_connections: int = Field(default=40, ge=1, le=100)
+
+    ingress_failed_auth_per_minute: int = Field(default=20, ge=1)
+    ingress_updates_per_second: int = Field(default=300, ge=1)
+    ingress_updates_burst: int = Field(default=600, ge=1)
+    # Peers allowed to set X-Forwarded-For, as addresses or CIDR ranges.
+    ingress_trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Accept webhook requests only from Telegram's published source ranges.
+    ingress_telegram_ips_only: bool = False
+    ingress_max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+
+    webhook_secret_grace_seconds: int = Field(default=600, ge=0)
+
+    @field_validator("ingress_trusted_proxies", mode="before")
+    @classmethod
+    def _split_proxies(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("ingress_trusted_proxies")
+    @classmethod
+    def _check_proxies(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            ipaddress.ip_network(entry, strict=False)
+        return value
+
+    @field_validator("public_base_url", "telegram_api_base")
+    @classmethod
+    def _strip_slash(cls, value: str | None) -> str | None:
+        if value is None or value.strip() == "":
+            return None if value is None or value.strip() == "" else value
+        return value.rstrip("/")
+
+    @field_validator("redis_url", "database_url", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip() == "":
+            return None
+        return value
+
+    @property
+    def is_production(self) -> bool:
+        return self.app_env == "production"
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'integrations.db').as_posix()}"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

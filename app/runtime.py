@@ -1,0 +1,75 @@
+"""The long-lived resources a process holds: engine, Redis, HTTP client, vault...
+
+`open_runtime(settings)` opens them and closes them in reverse order; the HTTP
+server's lifespan, the worker and the command line all use it, so each runs with
+the same wiring.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+
+import httpx
+import structlog
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from app.config import Settings
+from app.db import create_engine, create_session_factory
+
+logger = structlog.get_logger("app.runtime")
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    engine: AsyncEngine
+    session_factory: async_sessionmaker[AsyncSession]
+    redis: Redis | None
+    http: httpx.AsyncClient
+
+
+def create_redis(url: str) -> Redis:
+    # Short timeouts: a request waiting on a dead Redis should fail fast with 503
+    # (Telegram redelivers) rather than hold a webhook connection open.
+    return Redis.from_url(
+        url,
+        socket_connect_timeout=1.0,
+        socket_timeout=1.0,
+        health_check_interval=30,
+        decode_responses=False,
+    )
+
+
+@asynccontextmanager
+async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
+    async with AsyncExitStack() as stack:
+        if settings.database_url is None:
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(settings.effective_database_url)
+        stack.push_async_callback(engine.dispose)
+        redis: Redis | None = None
+        if settings.redis_url:
+            redis = create_redis(settings.redis_url)
+            stack.push_async_callback(redis.aclose)
+        else:
+            logger.warning(
+                "redis_not_configured",
+                detail="REDIS_URL is unset: rate limits are kept in process and are not "
+                "shared between replicas",
+            )
+        http = httpx.AsyncClient(
+            timeout=httpx.Timeout(settings.telegram_request_timeout, connect=5.0),
+            limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+            follow_redirects=False,
+        )
+        stack.push_async_callback(http.aclose)
+        yield Runtime(
+            settings=settings,
+            engine=engine,
+            session_factory=create_session_factory(engine),
+            redis=redis,
+            http=http,
+        )
