@@ -1,6 +1,6 @@
 """The `integrations` command (also `python -m app`).
 
-Commands: serve, worker, migrate, workspace create, verify, vault status|rotate.
+Commands: serve, migrate, workspace create, vault status|rotate|generate-key.
 Errors go to stderr with a non-zero exit status.
 """
 
@@ -11,11 +11,13 @@ import asyncio
 import json
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
 from pydantic import ValidationError
 
 from app.config import Settings, get_settings
 from app.logging import configure_logging, redact_text
+from app.vault import KeyringError
 
 
 class CommandError(Exception):
@@ -37,6 +39,17 @@ def _parser() -> argparse.ArgumentParser:
     create = workspace_commands.add_parser("create", help="create a workspace and its admin token")
     create.add_argument("name")
     create.add_argument("--json", action="store_true", help="print {workspace_id, token}")
+
+    vault = commands.add_parser("vault", help="credential vault: key usage and rotation")
+    vault_commands = vault.add_subparsers(dest="vault_command", required=True)
+    vault_commands.add_parser(
+        "status", help="ciphertexts per key id; non-zero exit if a key in use is missing"
+    )
+    rotate = vault_commands.add_parser(
+        "rotate", help="re-encrypt every secret under the primary key (online, in batches)"
+    )
+    rotate.add_argument("--batch-size", type=int, default=500)
+    vault_commands.add_parser("generate-key", help="print a new key_id:key entry for VAULT_KEYS")
     return parser
 
 
@@ -44,7 +57,11 @@ def _serve(settings: Settings, host: str, port: int) -> int:
     import uvicorn
 
     from app.main import create_app
+    from app.vault import load_keyring
 
+    # Refuse to start on a missing or malformed keyring with a clear message,
+    # before uvicorn turns it into a failed lifespan.
+    load_keyring(settings)
     app = create_app(settings)
     # log_config=None: keep our structlog pipeline (and its redaction) for uvicorn's lines.
     uvicorn.run(app, host=host, port=port, log_config=None, proxy_headers=False)
@@ -81,6 +98,38 @@ async def _workspace_create(settings: Settings, name: str, as_json: bool) -> int
     return 0
 
 
+async def _vault(settings: Settings, command: str, batch_size: int) -> int:
+    import app.models  # noqa: F401 - registers every sealed column with the vault
+    from app.db import create_engine, create_session_factory
+    from app.vault import RotationProgress, Vault, load_keyring, rotate, vault_status
+
+    keyring = load_keyring(settings)
+    engine = create_engine(settings.effective_database_url)
+    try:
+        factory = create_session_factory(engine)
+        if command == "status":
+            status = await vault_status(factory, keyring)
+            print("\n".join(status.lines()))
+            return 0 if status.ok else 1
+
+        def progress(step: RotationProgress) -> None:
+            print(
+                f"  {step.field}: batch {step.batches}, examined {step.examined}, "
+                f"rotated {step.rotated}, skipped {step.skipped_concurrent}, "
+                f"failed {step.failed}",
+                file=sys.stderr,
+                flush=True,
+            )
+
+        if batch_size < 1:
+            raise CommandError("--batch-size must be at least 1")
+        report = await rotate(factory, Vault(keyring), batch_size=batch_size, progress=progress)
+        print("\n".join(report.lines()))
+        return 0 if report.ok else 1
+    finally:
+        await engine.dispose()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -96,6 +145,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _migrate(settings)
         if args.command == "workspace":
             return asyncio.run(_workspace_create(settings, args.name, args.json))
+        if args.command == "vault" and args.vault_command == "generate-key":
+            from app.vault import generate_key_entry
+
+            print(generate_key_entry("k" + datetime.now(UTC).strftime("%Y%m%d")))
+            return 0
+        if args.command == "vault":
+            return asyncio.run(
+                _vault(
+                    settings,
+                    args.vault_command,
+                    args.batch_size if args.vault_command == "rotate" else 500,
+                )
+            )
+    except KeyringError as exc:
+        print(f"integrations: vault keyring: {exc}", file=sys.stderr)
+        return 2
     except CommandError as exc:
         print(f"integrations: {exc}", file=sys.stderr)
         return 1

@@ -6,14 +6,27 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from app.auth.router import router as tokens_router
 from app.config import Settings, get_settings
+from app.connections.router import router as connections_router
+from app.connections.webhook import WEBHOOK_PATH
 from app.errors import install_error_handlers
 from app.health import router as health_router
+from app.ingress.router import router as inbox_router
 from app.logging import configure_logging
 from app.middleware import RequestContextMiddleware
-from app.runtime import open_runtime
+from app.runtime import Runtime, open_runtime
+
+
+class _WebhookEndpoint:
+    """Hands webhook requests to this process's ingress (a plain ASGI callable)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        runtime: Runtime = scope["app"].state.runtime
+        await runtime.ingress(scope, receive, send)
 
 
 def create_app(settings: Settings | None = None, *, configure_logs: bool = True) -> FastAPI:
@@ -39,4 +52,7 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
     app.add_middleware(RequestContextMiddleware)
     app.include_router(health_router)
     app.include_router(tokens_router)
+    app.include_router(connections_router)
+    app.include_router(inbox_router)
+    app.router.routes.append(Route(WEBHOOK_PATH, endpoint=_WebhookEndpoint(), methods=["POST"]))
     return app

@@ -4,8 +4,19 @@ Importing this module registers all models on `Base.metadata`.
 """
 
 from app.auth.models import ApiToken, Workspace
+from app.connections.models import TelegramConnection
 from app.db import Base
+from app.ingress.models import Contact, Conversation, ConversationMessage, TelegramUpdate
 
 metadata = Base.metadata
 
-__all__ = ["ApiToken", "Workspace", "metadata"]
+__all__ = [
+    "ApiToken",
+    "Contact",
+    "Conversation",
+    "ConversationMessage",
+    "TelegramConnection",
+    "TelegramUpdate",
+    "Workspace",
+    "metadata",
+]

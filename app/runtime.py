@@ -18,6 +18,18 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.config import Settings
 from app.db import create_engine, create_session_factory
+from app.ingress.directory import ConnectionDirectory, DirectoryInvalidator
+from app.ingress.store import UpdateWriter
+from app.ingress.webhook import WebhookIngress
+from app.ratelimit import (
+    CachedPeek,
+    LeasedRateLimiter,
+    LocalRateLimiter,
+    RateLimiter,
+    RedisRateLimiter,
+)
+from app.telegram.client import TelegramClient
+from app.vault import Vault, load_keyring
 
 logger = structlog.get_logger("app.runtime")
 
@@ -29,6 +41,11 @@ class Runtime:
     session_factory: async_sessionmaker[AsyncSession]
     redis: Redis | None
     http: httpx.AsyncClient
+    vault: Vault
+    telegram: TelegramClient
+    writer: UpdateWriter
+    directory: DirectoryInvalidator
+    ingress: WebhookIngress
 
 
 def create_redis(url: str) -> Redis:
@@ -45,6 +62,9 @@ def create_redis(url: str) -> Redis:
 
 @asynccontextmanager
 async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
+    # The keyring first: a missing or malformed keyring must stop start-up
+    # before anything else is opened.
+    vault = Vault(load_keyring(settings))
     async with AsyncExitStack() as stack:
         if settings.database_url is None:
             settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -66,10 +86,46 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
             follow_redirects=False,
         )
         stack.push_async_callback(http.aclose)
+
+        limiter: RateLimiter
+        update_limiter: RateLimiter
+        if redis is not None:
+            limiter = RedisRateLimiter(redis)
+            # Most update decisions are spent from tokens leased in batches: no
+            # Redis round trip per webhook request, and never above the limit.
+            update_limiter = LeasedRateLimiter(RedisRateLimiter(redis), lease_size=20)
+        else:
+            limiter = update_limiter = LocalRateLimiter()
+        auth_limiter = CachedPeek(limiter, ttl=1.0)
+
+        writer = UpdateWriter(engine)
+        writer.start()
+        stack.push_async_callback(writer.stop)
+        directory = ConnectionDirectory(engine, vault)
+        invalidator = DirectoryInvalidator(directory, redis)
+        invalidator.start()
+        stack.push_async_callback(invalidator.stop)
+        ingress = WebhookIngress(
+            settings=settings,
+            vault=vault,
+            directory=directory,
+            writer=writer,
+            auth_limiter=auth_limiter,
+            update_limiter=update_limiter,
+        )
         yield Runtime(
             settings=settings,
             engine=engine,
             session_factory=create_session_factory(engine),
             redis=redis,
             http=http,
+            vault=vault,
+            telegram=TelegramClient(
+                http,
+                settings.telegram_api_base,
+                request_timeout=settings.telegram_request_timeout,
+            ),
+            writer=writer,
+            directory=invalidator,
+            ingress=ingress,
         )

@@ -37,6 +37,10 @@ from app.logging import configure_logging
 from app.main import create_app
 from app.models import metadata
 from app.schema import upgrade_to_head
+from tests.telegram_double.double import TelegramDouble
+from tests.telegram_double.fixtures import stop_shared_double, telegram_double
+
+__all__ = ["telegram_double"]
 
 TEST_DATABASE_URL = os.environ.get(
     "TEST_DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
@@ -48,6 +52,10 @@ PUBLIC_BASE_URL = "https://integrations.example.com"
 
 def _asyncpg_dsn(url: str) -> str:
     return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    stop_shared_double()
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -120,8 +128,8 @@ def make_settings(tmp_path: Path, database_url: str, **overrides: Any) -> Settin
 
 
 @pytest.fixture
-def settings(tmp_path: Path, database_url: str) -> Settings:
-    return make_settings(tmp_path, database_url)
+def settings(tmp_path: Path, database_url: str, telegram_double: TelegramDouble) -> Settings:
+    return make_settings(tmp_path, database_url, telegram_api_base=telegram_double.base_url)
 
 
 @contextlib.asynccontextmanager

@@ -39,7 +39,7 @@ async def create_token(body: TokenCreate, auth: Admin, session: DbSession) -> To
 async def list_tokens(
     auth: Admin, session: DbSession, params: Annotated[PageParams, Depends()]
 ) -> Page[TokenOut]:
-    rows = await TokenService(session, auth).list(params)
+    rows = await TokenService(session, auth).list_tokens(params)
     rows, next_cursor = page_of(rows, params, lambda t: t.created_at)
     return Page(items=[_out(t) for t in rows], next_cursor=next_cursor)
 

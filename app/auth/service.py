@@ -76,7 +76,7 @@ class TokenService:
         await self.repository.session.flush()
         return token, secret
 
-    async def list(self, params: PageParams) -> list[ApiToken]:
+    async def list_tokens(self, params: PageParams) -> list[ApiToken]:
         return await self.repository.list(params)
 
     async def revoke(self, token_id: uuid.UUID) -> ApiToken:

@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.connections.models import ApprovalMode, ConnectionMode, ConnectionStatus
+
+
+class ConnectionCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+
+    bot_token: str = Field(min_length=1, max_length=256)
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+
+
+class TokenReplace(BaseModel):
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+
+    bot_token: str = Field(min_length=1, max_length=256)
+
+
+class ConnectionPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    approval_mode: ApprovalMode | None = None
+    daily_limit: int | None = Field(default=None, ge=1, le=1_000_000)
+
+
+class BotOut(BaseModel):
+    id: int
+    username: str | None
+    first_name: str
+
+
+class ConnectionOut(BaseModel):
+    id: uuid.UUID
+    name: str
+    provider: Literal["telegram"] = "telegram"
+    status: ConnectionStatus
+    status_hint: str | None
+    mode: ConnectionMode
+    bot: BotOut
+    approval_mode: ApprovalMode
+    daily_limit: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class ConnectionCreated(ConnectionOut):
+    warnings: list[str] = Field(default_factory=list)
+
+
+class HealthOut(BaseModel):
+    verdict: Literal["healthy", "degraded", "action_required"]
+    hint: str | None
+    webhook_url_is_ours: bool
+    pending_update_count: int | None
+    last_error_date: datetime | None
+    last_error_message: str | None
+
+
+class DeleteOut(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: uuid.UUID
+    deleted: Literal[True] = True
+    remote_cleanup: Literal["ok", "failed"]
+    hint: str | None = None

@@ -1,0 +1,483 @@
+"""The connection lifecycle (SPEC section 4): create, read, update, health,
+rotate-secret, token replacement, resync and delete.
+
+Telegram is only touched once the database agrees: a new connection's claim on
+its bot is committed before setWebhook is called, so two workspaces racing for
+one bot cannot both register it (the unique index decides, and the loser never
+calls Telegram), and a crash after setWebhook cannot leave a registered webhook
+whose key the database does not know. Those commits are made here, explicitly,
+because they must happen in the middle of the request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import TypeVar
+
+import structlog
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.auth.service import AuthContext
+from app.connections.errors import (
+    BotAlreadyConnected,
+    BotAlreadyConnectedHere,
+    DifferentBot,
+    InvalidBotToken,
+    NotABot,
+    TelegramRejected,
+    TelegramUnavailable,
+)
+from app.connections.models import (
+    ApprovalMode,
+    ConnectionMode,
+    ConnectionStatus,
+    TelegramConnection,
+    secret_context,
+)
+from app.connections.repository import ConnectionRepository, find_live_connection_by_bot
+from app.connections.webhook import (
+    ALLOWED_UPDATES,
+    generate_webhook_key,
+    generate_webhook_secret,
+    host_of,
+    split_webhook_url,
+    webhook_url,
+)
+from app.db import new_id, utcnow
+from app.errors import AppError, NotFound, ValidationFailed
+from app.pagination import PageParams
+from app.runtime import Runtime
+from app.telegram.client import TelegramClient
+from app.telegram.errors import (
+    TelegramError,
+    TelegramNetworkError,
+    TelegramNotFound,
+    TelegramServerError,
+    TelegramTooManyRequests,
+    TelegramUnauthorized,
+)
+from app.telegram.types import BotToken, BotUser, WebhookInfo
+from app.vault import Vault
+
+logger = structlog.get_logger("app.connections")
+T = TypeVar("T")
+
+# Telegram's last_error_date stays set after the errors stop; only a recent one
+# says delivery is failing now.
+DEGRADED_WINDOW = timedelta(hours=1)
+# setWebhook answers 429 "retry after 1" when called twice within a second.
+MAX_SET_WEBHOOK_WAIT = 5.0
+MANUAL_CLEANUP_HINT = (
+    "Telegram did not confirm deleteWebhook. The connection and its stored credentials "
+    "are gone; if the bot still has a webhook, call "
+    "https://api.telegram.org/bot<token>/deleteWebhook with the bot's token, or revoke "
+    "the token in @BotFather."
+)
+
+
+@dataclass
+class HealthReport:
+    verdict: str
+    hint: str | None
+    webhook_url_is_ours: bool
+    pending_update_count: int | None = None
+    last_error_date: datetime | None = None
+    last_error_message: str | None = None
+
+
+@dataclass
+class DeleteReport:
+    id: uuid.UUID
+    remote_cleanup: str
+    hint: str | None = None
+
+
+@dataclass
+class CreateResult:
+    connection: TelegramConnection
+    warnings: list[str] = field(default_factory=list)
+
+
+def parse_bot_token(text: str) -> BotToken:
+    """The token shape check, made before any network call."""
+    text = text.strip()
+    if not BotToken.is_well_formed(text):
+        raise ValidationFailed(
+            "bot_token: not a Telegram bot token (expected <digits>:<35 or more characters>).",
+            field="bot_token",
+        )
+    return BotToken(text)
+
+
+def telegram_failure(exc: TelegramError) -> AppError:
+    """The API error for a failed Bot API call."""
+    if isinstance(exc, TelegramUnauthorized | TelegramNotFound):
+        return InvalidBotToken()
+    if isinstance(exc, TelegramTooManyRequests):
+        return TelegramUnavailable(
+            "Telegram is rate limiting this bot; try again shortly.",
+            headers={"Retry-After": str(max(1, exc.retry_after or 1))},
+        )
+    if isinstance(exc, TelegramNetworkError | TelegramServerError):
+        return TelegramUnavailable()
+    # The client already redacted the description.
+    return TelegramRejected(f"Telegram refused the request: {exc.description}")
+
+
+async def telegram_call(call: Awaitable[T]) -> T:
+    """Await a Bot API call, turning Telegram's failures into API errors."""
+    try:
+        return await call
+    except TelegramError as exc:
+        raise telegram_failure(exc) from None
+
+
+class ConnectionService:
+    def __init__(self, session: AsyncSession, runtime: Runtime, auth: AuthContext) -> None:
+        self.session = session
+        self.settings = runtime.settings
+        self.vault: Vault = runtime.vault
+        self.telegram: TelegramClient = runtime.telegram
+        self.directory = runtime.directory
+        self.auth = auth
+        self.repository = ConnectionRepository(session, auth.workspace_id)
+
+    # -- reading -------------------------------------------------------------------
+
+    async def get(
+        self, connection_id: uuid.UUID, *, for_update: bool = False
+    ) -> TelegramConnection:
+        connection = await self.repository.get(connection_id, for_update=for_update)
+        if connection is None:
+            raise NotFound("No such connection.")
+        return connection
+
+    async def list_connections(self, params: PageParams) -> list[TelegramConnection]:
+        return await self.repository.list(params)
+
+    # -- create --------------------------------------------------------------------
+
+    async def create(self, bot_token: str, name: str | None) -> CreateResult:
+        token = parse_bot_token(bot_token)
+        bot = await telegram_call(self.telegram.get_me(token))
+        if not bot.is_bot:
+            raise NotABot()
+        await self._refuse_claimed(bot.id)
+
+        connection = TelegramConnection(
+            id=new_id(),
+            workspace_id=self.auth.workspace_id,
+            name=name or _default_name(bot),
+            status=ConnectionStatus.active.value,
+            mode=self._mode().value,
+            approval_mode=ApprovalMode.required.value,
+            bot_id=bot.id,
+            bot_username=bot.username,
+            bot_first_name=bot.first_name,
+            created_at=utcnow(),
+        )
+        secret, key = generate_webhook_secret(), generate_webhook_key()
+        self._seal_token(connection, token)
+        self._seal_webhook_credentials(connection, secret, key)
+        self.repository.add(connection)
+        try:
+            await self.session.commit()
+        except IntegrityError:
+            await self.session.rollback()
+            await self._refuse_claimed(bot.id)
+            raise BotAlreadyConnected() from None
+
+        try:
+            warnings = await self._register(connection, token, secret, key)
+        except AppError:
+            await self.repository.remove_claim(connection.id)
+            await self.session.commit()
+            raise
+        logger.info(
+            "connection_created",
+            connection_id=str(connection.id),
+            bot_id=bot.id,
+            mode=connection.mode,
+        )
+        return CreateResult(connection, warnings)
+
+    async def _refuse_claimed(self, bot_id: int) -> None:
+        holder = await find_live_connection_by_bot(self.session, bot_id)
+        if holder is None:
+            return
+        if holder.workspace_id == self.auth.workspace_id:
+            raise BotAlreadyConnectedHere(holder.id)
+        raise BotAlreadyConnected()
+
+    # -- update --------------------------------------------------------------------
+
+    async def update(
+        self,
+        connection_id: uuid.UUID,
+        *,
+        name: str | None,
+        approval_mode: ApprovalMode | None,
+        daily_limit: int | None,
+    ) -> TelegramConnection:
+        connection = await self.get(connection_id, for_update=True)
+        if name is not None:
+            connection.name = name
+        if approval_mode is not None:
+            connection.approval_mode = approval_mode.value
+        if daily_limit is not None:
+            connection.daily_limit = daily_limit
+        connection.updated_at = utcnow()
+        return connection
+
+    # -- health --------------------------------------------------------------------
+
+    async def health(self, connection_id: uuid.UUID) -> HealthReport:
+        connection = await self.get(connection_id, for_update=True)
+        token = self._open_token(connection)
+        try:
+            info = await self.telegram.get_webhook_info(token)
+        except (TelegramUnauthorized, TelegramNotFound):
+            report = HealthReport(
+                verdict="action_required",
+                hint="Telegram rejects the bot token: it was revoked or regenerated. "
+                "Paste the bot's current token from @BotFather (Replace token).",
+                webhook_url_is_ours=False,
+            )
+        except TelegramError as exc:
+            raise telegram_failure(exc) from None
+        else:
+            report = self._judge(connection, info)
+        connection.status = (
+            ConnectionStatus.active.value if report.verdict == "healthy" else report.verdict
+        )
+        connection.status_hint = report.hint
+        connection.last_checked_at = utcnow()
+        return report
+
+    def _judge(self, connection: TelegramConnection, info: WebhookInfo) -> HealthReport:
+        ours = self._is_our_webhook(connection, info.url)
+        last_error_date = (
+            datetime.fromtimestamp(info.last_error_date, UTC) if info.last_error_date else None
+        )
+        report = HealthReport(
+            verdict="healthy",
+            hint=None,
+            webhook_url_is_ours=ours,
+            pending_update_count=info.pending_update_count,
+            last_error_date=last_error_date,
+            last_error_message=info.last_error_message,
+        )
+        if connection.mode == ConnectionMode.webhook.value and not ours:
+            report.verdict = "action_required"
+            report.hint = (
+                f"The bot's webhook points to {host_of(info.url)}: another app took it over. "
+                "Resync to point it back here (the other app stops receiving updates)."
+                if info.url
+                else "The bot has no webhook, so no updates arrive. Resync to register it again."
+            )
+        elif connection.mode == ConnectionMode.polling.value and info.url:
+            report.verdict = "action_required"
+            report.hint = (
+                f"A webhook to {host_of(info.url)} is set, which stops long polling. "
+                "Resync to remove it (the other app stops receiving updates)."
+            )
+        elif last_error_date is not None and utcnow() - last_error_date < DEGRADED_WINDOW:
+            report.verdict = "degraded"
+            report.hint = (
+                f"Telegram reports delivery errors: {info.last_error_message or 'unknown error'}. "
+                "Check that this service is reachable at its public URL; Telegram retries "
+                "for up to 24 hours."
+            )
+        return report
+
+    # -- credentials ---------------------------------------------------------------
+
+    async def rotate_secret(self, connection_id: uuid.UUID) -> TelegramConnection:
+        """A new webhook secret; the previous one is accepted for the grace period."""
+        connection = await self.get(connection_id, for_update=True)
+        token = self._open_token(connection)
+        key = self._open(connection, "webhook_key")
+        old_sealed, old_hash = connection.webhook_secret, connection.webhook_secret_hash
+        secret = generate_webhook_secret()
+        connection.previous_secret_hash = old_hash
+        connection.previous_secret_expires_at = utcnow() + timedelta(
+            seconds=self.settings.webhook_secret_grace_seconds
+        )
+        connection.webhook_secret = self.vault.seal(
+            secret, secret_context(connection, "webhook_secret")
+        )
+        connection.webhook_secret_hash = self.vault.lookup_hash(secret)
+        connection.updated_at = utcnow()
+        # Durable (and known to every replica) first: Telegram may deliver with the
+        # new secret the moment it has it; the old one stays valid meanwhile.
+        await self.session.commit()
+        await self.directory.connection_changed(connection.id)
+        try:
+            await self._register(connection, token, secret, key)
+        except AppError:
+            connection.webhook_secret, connection.webhook_secret_hash = old_sealed, old_hash
+            connection.previous_secret_hash = None
+            connection.previous_secret_expires_at = None
+            await self.session.commit()
+            await self.directory.connection_changed(connection.id)
+            raise
+        logger.info("webhook_secret_rotated", connection_id=str(connection.id))
+        return connection
+
+    async def replace_token(self, connection_id: uuid.UUID, bot_token: str) -> TelegramConnection:
+        """A regenerated token for the same bot: re-encrypt it and register again."""
+        token = parse_bot_token(bot_token)
+        connection = await self.get(connection_id, for_update=True)
+        bot = await telegram_call(self.telegram.get_me(token))
+        if bot.id != connection.bot_id:
+            raise DifferentBot()
+        self._seal_token(connection, token)
+        connection.bot_username, connection.bot_first_name = bot.username, bot.first_name
+        connection.updated_at = utcnow()
+        await self.session.commit()
+        await self._reregister(connection, token)
+        logger.info("bot_token_replaced", connection_id=str(connection.id))
+        return connection
+
+    async def resync(self, connection_id: uuid.UUID) -> TelegramConnection:
+        """Register the webhook again (or remove it, in polling mode)."""
+        connection = await self.get(connection_id, for_update=True)
+        connection.mode = self._mode().value
+        await self._reregister(connection, self._open_token(connection))
+        return connection
+
+    async def _reregister(self, connection: TelegramConnection, token: BotToken) -> None:
+        secret = self._open(connection, "webhook_secret")
+        key = self._open(connection, "webhook_key")
+        try:
+            await self._register(connection, token, secret, key)
+        except AppError as exc:
+            connection.status = ConnectionStatus.action_required.value
+            connection.status_hint = (
+                f"Registering with Telegram failed: {exc.message} Resync to retry."
+            )
+            await self.session.commit()
+            raise
+        connection.status = ConnectionStatus.active.value
+        connection.status_hint = None
+
+    # -- delete --------------------------------------------------------------------
+
+    async def delete(self, connection_id: uuid.UUID) -> DeleteReport:
+        """deleteWebhook, then destroy the credentials; the row stays for history."""
+        connection = await self.get(connection_id, for_update=True)
+        report = DeleteReport(id=connection.id, remote_cleanup="ok")
+        try:
+            await self.telegram.delete_webhook(self._open_token(connection))
+        except TelegramError as exc:
+            logger.warning(
+                "delete_webhook_failed",
+                connection_id=str(connection.id),
+                error_type=type(exc).__name__,
+            )
+            report.remote_cleanup, report.hint = "failed", MANUAL_CLEANUP_HINT
+        connection.bot_token = None
+        connection.webhook_secret = None
+        connection.webhook_secret_hash = None
+        connection.webhook_key = None
+        connection.webhook_key_hash = None
+        connection.previous_secret_hash = None
+        connection.previous_secret_expires_at = None
+        connection.deleted_at = utcnow()
+        connection.updated_at = connection.deleted_at
+        # Committed here so that no replica can reload the old webhook route
+        # between dropping it from the cache and the end of the request.
+        await self.session.commit()
+        await self.directory.connection_changed(connection.id)
+        logger.info(
+            "connection_deleted",
+            connection_id=str(connection.id),
+            remote_cleanup=report.remote_cleanup,
+        )
+        return report
+
+    # -- helpers -------------------------------------------------------------------
+
+    def _mode(self) -> ConnectionMode:
+        return ConnectionMode.webhook if self.settings.public_base_url else ConnectionMode.polling
+
+    def _seal_token(self, connection: TelegramConnection, token: BotToken) -> None:
+        connection.bot_token = self.vault.seal(
+            token.reveal(), secret_context(connection, "bot_token")
+        )
+
+    def _seal_webhook_credentials(
+        self, connection: TelegramConnection, secret: str, key: str
+    ) -> None:
+        connection.webhook_secret = self.vault.seal(
+            secret, secret_context(connection, "webhook_secret")
+        )
+        connection.webhook_secret_hash = self.vault.lookup_hash(secret)
+        connection.webhook_key = self.vault.seal(key, secret_context(connection, "webhook_key"))
+        connection.webhook_key_hash = self.vault.lookup_hash(key)
+
+    def _open(self, connection: TelegramConnection, column: str) -> str:
+        sealed = getattr(connection, column)
+        if sealed is None:
+            raise NotFound("No such connection.")
+        return self.vault.open(sealed, secret_context(connection, column))
+
+    def _open_token(self, connection: TelegramConnection) -> BotToken:
+        return BotToken(self._open(connection, "bot_token"))
+
+    def _is_our_webhook(self, connection: TelegramConnection, url: str) -> bool:
+        if not self.settings.public_base_url or connection.webhook_key_hash is None:
+            return False
+        key = split_webhook_url(self.settings.public_base_url, url)
+        return key is not None and self.vault.matches(key, connection.webhook_key_hash)
+
+    async def _register(
+        self, connection: TelegramConnection, token: BotToken, secret: str, key: str
+    ) -> list[str]:
+        """Point the bot at this service; returns warnings about what was replaced."""
+        warnings: list[str] = []
+        info = await telegram_call(self.telegram.get_webhook_info(token))
+        if connection.mode == ConnectionMode.polling.value:
+            if info.url:
+                warnings.append(
+                    f"The bot's webhook to {host_of(info.url)} was removed: this service "
+                    "receives its updates by long polling."
+                )
+            await telegram_call(self.telegram.delete_webhook(token))
+            return warnings
+        assert self.settings.public_base_url is not None
+        url = webhook_url(self.settings.public_base_url, key)
+        if info.url and not self._is_our_webhook(connection, info.url):
+            warnings.append(
+                f"The bot's webhook pointed to {host_of(info.url)}; it now points to this service."
+            )
+        await self._set_webhook(token, url, secret)
+        return warnings
+
+    async def _set_webhook(self, token: BotToken, url: str, secret: str) -> None:
+        for attempt in (1, 2):
+            try:
+                await self.telegram.set_webhook(
+                    token,
+                    url=url,
+                    secret_token=secret,
+                    allowed_updates=list(ALLOWED_UPDATES),
+                    max_connections=self.settings.telegram_webhook_max_connections,
+                )
+                return
+            except TelegramTooManyRequests as exc:
+                wait = float(exc.retry_after or 1)
+                if attempt == 2 or wait > MAX_SET_WEBHOOK_WAIT:
+                    raise telegram_failure(exc) from None
+                await asyncio.sleep(wait)
+            except TelegramError as exc:
+                raise telegram_failure(exc) from None
+
+
+def _default_name(bot: BotUser) -> str:
+    return f"{bot.first_name} (@{bot.username})" if bot.username else bot.first_name

@@ -1,0 +1,166 @@
+"""Which connection a webhook key belongs to, cached in process.
+
+The hot path must not query the database per request, and must never decrypt:
+a key is found through its keyed lookup hash (one candidate per vault key, so
+lookups keep working during key rotation), and what the request is checked
+against is the secret's keyed hash.
+
+Entries live `ttl` seconds. Rotate-secret, token replacement and delete drop the
+entry at once in this process and broadcast the drop to the other replicas over
+Redis pub/sub (`INVALIDATION_CHANNEL`); the TTL bounds staleness should a
+broadcast be missed (e.g. a replica reconnecting to Redis).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+import structlog
+from redis.asyncio import Redis
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.connections.models import TelegramConnection
+from app.vault import Vault
+
+logger = structlog.get_logger("app.ingress")
+
+INVALIDATION_CHANNEL = "integrations:connections:invalidate"
+MAX_ENTRIES = 50_000
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookRoute:
+    """What a verified delivery needs to know about its connection."""
+
+    connection_id: uuid.UUID
+    workspace_id: uuid.UUID
+    secret_hash: str | None
+    previous_secret_hash: str | None
+    previous_secret_expires_at: datetime | None
+
+
+class ConnectionDirectory:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        vault: Vault,
+        *,
+        ttl: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._engine = engine
+        self._vault = vault
+        self._ttl = ttl
+        self._clock = clock
+        # Keyed by a digest of the webhook key, so plaintext keys are not retained.
+        self._entries: dict[bytes, tuple[float, WebhookRoute | None]] = {}
+
+    async def lookup(self, key: str) -> WebhookRoute | None:
+        """The live connection whose webhook key is `key`, or None."""
+        digest = hashlib.sha256(key.encode()).digest()
+        now = self._clock()
+        cached = self._entries.get(digest)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        route = await self._load(key)
+        if len(self._entries) >= MAX_ENTRIES:
+            self._entries.clear()
+        self._entries[digest] = (now + self._ttl, route)
+        return route
+
+    async def _load(self, key: str) -> WebhookRoute | None:
+        table = TelegramConnection
+        stmt = select(
+            table.id,
+            table.workspace_id,
+            table.webhook_secret_hash,
+            table.previous_secret_hash,
+            table.previous_secret_expires_at,
+        ).where(
+            table.webhook_key_hash.in_(self._vault.lookup_candidates(key)),
+            table.deleted_at.is_(None),
+        )
+        async with self._engine.connect() as connection:
+            row = (await connection.execute(stmt)).first()
+        if row is None:
+            return None
+        return WebhookRoute(
+            connection_id=row.id,
+            workspace_id=row.workspace_id,
+            secret_hash=row.webhook_secret_hash,
+            previous_secret_hash=row.previous_secret_hash,
+            previous_secret_expires_at=row.previous_secret_expires_at,
+        )
+
+    def invalidate(self, connection_id: uuid.UUID | None = None) -> None:
+        """Forget one connection's entry (or all, with None)."""
+        if connection_id is None:
+            self._entries.clear()
+            return
+        stale = [
+            digest
+            for digest, (_, route) in self._entries.items()
+            if route is not None and route.connection_id == connection_id
+        ]
+        for digest in stale:
+            self._entries.pop(digest, None)
+
+
+class DirectoryInvalidator:
+    """Drops directory entries here and, through Redis, in every other replica."""
+
+    def __init__(self, directory: ConnectionDirectory, redis: Redis | None) -> None:
+        self._directory = directory
+        self._redis = redis
+        self._listener: asyncio.Task[None] | None = None
+
+    async def connection_changed(self, connection_id: uuid.UUID) -> None:
+        self._directory.invalidate(connection_id)
+        if self._redis is None:
+            return
+        try:
+            await self._redis.publish(INVALIDATION_CHANNEL, str(connection_id))
+        except Exception as exc:
+            # The TTL still bounds how long other replicas keep the old entry.
+            logger.warning("directory_broadcast_failed", error_type=type(exc).__name__)
+
+    def start(self) -> None:
+        if self._redis is not None and self._listener is None:
+            self._listener = asyncio.create_task(self._listen(), name="directory-invalidation")
+
+    async def stop(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+            self._listener = None
+
+    async def _listen(self) -> None:
+        assert self._redis is not None
+        while True:
+            try:
+                async with self._redis.pubsub() as pubsub:
+                    await pubsub.subscribe(INVALIDATION_CHANNEL)
+                    # Whatever changed while we were not listening is unknown.
+                    self._directory.invalidate()
+                    async for message in pubsub.listen():
+                        if message.get("type") != "message":
+                            continue
+                        try:
+                            self._directory.invalidate(uuid.UUID(message["data"].decode()))
+                        except (ValueError, AttributeError):
+                            continue
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                logger.warning("directory_listener_reconnecting", error_type=type(exc).__name__)
+                self._directory.invalidate()
+                await asyncio.sleep(1.0)

@@ -1,0 +1,339 @@
+"""Durable storage of accepted updates, with group commit.
+
+`store_updates` writes a batch in one transaction: the updates themselves
+(`ON CONFLICT DO NOTHING` on (connection, update_id), so a redelivery has no
+second effect), then for the new ones only, the contacts, conversations and
+inbox messages derived from them. Nothing is half-stored: it all commits or none.
+
+`UpdateWriter` is the group commit in front of it: each webhook request hands its
+update over and waits; a writer task takes whatever has queued up (up to a batch
+size) and stores it with one statement per table and one commit, then answers
+every waiting request. Under load the batches grow by themselves; when idle a
+batch is a single update, so no request waits for a timer. Core statements, not
+the ORM: the unit of work costs more than everything else on this path.
+
+Rows of one statement are sorted by their conflict key, so two writers upserting
+the same contacts lock them in the same order and cannot deadlock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from sqlalchemy import Table, and_, literal_column
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from app.db import new_id
+from app.ingress.models import Contact, Conversation, ConversationMessage, TelegramUpdate
+from app.telegram.updates import ParsedUpdate
+
+logger = structlog.get_logger("app.ingress")
+
+UPDATES: Table = TelegramUpdate.__table__  # type: ignore[assignment]
+CONTACTS: Table = Contact.__table__  # type: ignore[assignment]
+CONVERSATIONS: Table = Conversation.__table__  # type: ignore[assignment]
+MESSAGES: Table = ConversationMessage.__table__  # type: ignore[assignment]
+
+
+class StoreOutcome(enum.Enum):
+    stored = "stored"
+    duplicate = "duplicate"
+
+
+class StorageUnavailable(Exception):
+    """The database did not take the batch; the caller answers 503 (Telegram redelivers)."""
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingUpdate:
+    connection_id: uuid.UUID
+    workspace_id: uuid.UUID
+    parsed: ParsedUpdate
+    raw: str
+    source: str
+    received_at: datetime
+
+
+def _insert(connection: AsyncConnection, table: Table) -> Any:
+    dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
+    return dialect.insert(table)
+
+
+def _timestamp(seconds: int, fallback: datetime) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC) if seconds > 0 else fallback
+
+
+async def store_updates(
+    connection: AsyncConnection, items: Sequence[IncomingUpdate]
+) -> list[StoreOutcome]:
+    """Store a batch inside the caller's transaction; one outcome per item, in order."""
+    first_of: dict[tuple[uuid.UUID, int], int] = {}
+    for index, item in enumerate(items):
+        first_of.setdefault((item.connection_id, item.parsed.update_id), index)
+    unique = sorted(first_of.items(), key=lambda pair: (str(pair[0][0]), pair[0][1]))
+    rows = [
+        {
+            "id": new_id(),
+            "workspace_id": items[index].workspace_id,
+            "connection_id": items[index].connection_id,
+            "update_id": items[index].parsed.update_id,
+            "kind": items[index].parsed.kind,
+            "source": items[index].source,
+            "payload": items[index].raw,
+            "received_at": items[index].received_at,
+        }
+        for _, index in unique
+    ]
+    stmt = (
+        _insert(connection, UPDATES)
+        .values(rows)
+        .on_conflict_do_nothing(index_elements=["connection_id", "update_id"])
+        .returning(UPDATES.c.connection_id, UPDATES.c.update_id)
+    )
+    inserted = {(row.connection_id, row.update_id) for row in await connection.execute(stmt)}
+    new_items = [items[index] for key, index in unique if key in inserted]
+    if new_items:
+        await _derive(connection, new_items)
+    outcomes = []
+    for index, item in enumerate(items):
+        key = (item.connection_id, item.parsed.update_id)
+        is_new = key in inserted and first_of[key] == index
+        outcomes.append(StoreOutcome.stored if is_new else StoreOutcome.duplicate)
+    return outcomes
+
+
+async def _derive(connection: AsyncConnection, items: Sequence[IncomingUpdate]) -> None:
+    contact_ids = await _upsert_contacts(connection, items)
+    conversation_ids = await _upsert_conversations(connection, items)
+    await _upsert_messages(connection, items, contact_ids, conversation_ids)
+
+
+async def _upsert_contacts(
+    connection: AsyncConnection, items: Sequence[IncomingUpdate]
+) -> dict[tuple[uuid.UUID, int], uuid.UUID]:
+    latest: dict[tuple[uuid.UUID, int], dict[str, Any]] = {}
+    for item in items:
+        sender = item.parsed.sender
+        if sender is None:
+            continue
+        latest[(item.connection_id, sender.id)] = {
+            "id": new_id(),
+            "workspace_id": item.workspace_id,
+            "connection_id": item.connection_id,
+            "telegram_chat_id": sender.id,
+            "telegram_username": sender.username,
+            "first_name": sender.first_name,
+            "last_name": sender.last_name,
+            "title": sender.title,
+            "is_bot": sender.is_bot,
+            "is_chat": sender.is_chat,
+            "created_at": item.received_at,
+            "last_seen_at": item.received_at,
+        }
+    if not latest:
+        return {}
+    rows = [latest[key] for key in sorted(latest, key=lambda k: (str(k[0]), k[1]))]
+    insert = _insert(connection, CONTACTS)
+    excluded = insert.excluded
+    stmt = (
+        insert.values(rows)
+        .on_conflict_do_update(
+            index_elements=["connection_id", "telegram_chat_id"],
+            set_={
+                "telegram_username": excluded.telegram_username,
+                "first_name": excluded.first_name,
+                "last_name": excluded.last_name,
+                "title": excluded.title,
+                "is_bot": excluded.is_bot,
+                "is_chat": excluded.is_chat,
+                "last_seen_at": excluded.last_seen_at,
+            },
+        )
+        .returning(CONTACTS.c.id, CONTACTS.c.connection_id, CONTACTS.c.telegram_chat_id)
+    )
+    result = await connection.execute(stmt)
+    return {(row.connection_id, row.telegram_chat_id): row.id for row in result}
+
+
+async def _upsert_conversations(
+    connection: AsyncConnection, items: Sequence[IncomingUpdate]
+) -> dict[tuple[uuid.UUID, str], uuid.UUID]:
+    latest: dict[tuple[uuid.UUID, str], dict[str, Any]] = {}
+    for item in items:
+        key, chat = item.parsed.conversation, item.parsed.chat
+        if key is None or chat is None:
+            continue
+        encoded = key.encode()
+        names = " ".join(part for part in (chat.first_name, chat.last_name) if part)
+        latest[(item.connection_id, encoded)] = {
+            "id": new_id(),
+            "workspace_id": item.workspace_id,
+            "connection_id": item.connection_id,
+            "key": encoded,
+            "chat_id": key.chat_id,
+            "chat_type": chat.type[:32],
+            "title": chat.title or names or chat.username,
+            "business_connection_id": key.business_connection_id,
+            "thread_id": key.thread_id,
+            "direct_messages_topic_id": key.direct_messages_topic_id,
+            "created_at": item.received_at,
+            "last_activity_at": item.received_at,
+        }
+    if not latest:
+        return {}
+    rows = [latest[key] for key in sorted(latest, key=lambda k: (str(k[0]), k[1]))]
+    insert = _insert(connection, CONVERSATIONS)
+    excluded = insert.excluded
+    stmt = (
+        insert.values(rows)
+        .on_conflict_do_update(
+            index_elements=["connection_id", "key"],
+            set_={
+                "title": excluded.title,
+                "chat_type": excluded.chat_type,
+                "last_activity_at": excluded.last_activity_at,
+            },
+        )
+        .returning(CONVERSATIONS.c.id, CONVERSATIONS.c.connection_id, CONVERSATIONS.c.key)
+    )
+    result = await connection.execute(stmt)
+    return {(row.connection_id, row.key): row.id for row in result}
+
+
+async def _upsert_messages(
+    connection: AsyncConnection,
+    items: Sequence[IncomingUpdate],
+    contact_ids: dict[tuple[uuid.UUID, int], uuid.UUID],
+    conversation_ids: dict[tuple[uuid.UUID, str], uuid.UUID],
+) -> None:
+    latest: dict[tuple[uuid.UUID, int], dict[str, Any]] = {}
+    for item in items:
+        parsed = item.parsed
+        if parsed.message is None or parsed.conversation is None:
+            continue
+        conversation_id = conversation_ids.get((item.connection_id, parsed.conversation.encode()))
+        if conversation_id is None:
+            continue
+        sender_id = (
+            contact_ids.get((item.connection_id, parsed.sender.id)) if parsed.sender else None
+        )
+        message = parsed.message
+        latest[(conversation_id, message.message_id)] = {
+            "id": new_id(),
+            "workspace_id": item.workspace_id,
+            "connection_id": item.connection_id,
+            "conversation_id": conversation_id,
+            "direction": "inbound",
+            "telegram_message_id": message.message_id,
+            "sender_contact_id": sender_id,
+            "content_kind": message.kind[:64],
+            "text": message.text,
+            "sent_at": _timestamp(message.date, item.received_at),
+            "edited_at": item.received_at if message.edited else None,
+            "received_at": item.received_at,
+        }
+    if not latest:
+        return
+    rows = [latest[key] for key in sorted(latest, key=lambda k: (str(k[0]), k[1]))]
+    insert = _insert(connection, MESSAGES)
+    excluded = insert.excluded
+    # An edit replaces the text; a late copy of the original never undoes an edit.
+    stmt = insert.values(rows).on_conflict_do_update(
+        index_elements=["conversation_id", "direction", "telegram_message_id"],
+        set_={
+            "text": excluded.text,
+            "content_kind": excluded.content_kind,
+            "edited_at": excluded.edited_at,
+        },
+        where=and_(literal_column("excluded.edited_at").is_not(None)),
+    )
+    await connection.execute(stmt)
+
+
+@dataclass(slots=True)
+class _Pending:
+    item: IncomingUpdate
+    done: asyncio.Future[StoreOutcome]
+
+
+class UpdateWriter:
+    """Group commit for accepted updates (see the module docstring).
+
+    `submit()` returns once the update is durable (or known to be a duplicate) and
+    raises StorageUnavailable when its batch could not be committed: then nothing
+    of that batch was stored and the caller answers 503.
+    """
+
+    def __init__(self, engine: AsyncEngine, *, writers: int = 2, max_batch: int = 256) -> None:
+        self._engine = engine
+        # None is the stop signal: a writer that takes it finishes its batch and ends.
+        self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()
+        self._max_batch = max_batch
+        # SQLite has one writer at a time; more tasks would only queue on its lock.
+        self._writers = 1 if engine.dialect.name == "sqlite" else max(1, writers)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._accepting = False
+
+    def start(self) -> None:
+        if not self._tasks:
+            self._accepting = True
+            self._tasks = [
+                asyncio.create_task(self._run(), name=f"update-writer-{n}")
+                for n in range(self._writers)
+            ]
+
+    async def stop(self, grace_seconds: float = 10.0) -> None:
+        """Store what is queued, then stop the writer tasks."""
+        self._accepting = False
+        for _ in self._tasks:
+            self._queue.put_nowait(None)
+        _, late = (
+            await asyncio.wait(self._tasks, timeout=grace_seconds) if self._tasks else ((), ())
+        )
+        for task in late:
+            task.cancel()
+        self._tasks = []
+
+    async def submit(self, item: IncomingUpdate) -> StoreOutcome:
+        if not self._accepting:
+            raise StorageUnavailable("the update writer is not running")
+        done: asyncio.Future[StoreOutcome] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Pending(item, done))
+        return await done
+
+    async def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            first = await self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            while len(batch) < self._max_batch and not self._queue.empty():
+                pending = self._queue.get_nowait()
+                if pending is None:
+                    stopping = True
+                    break
+                batch.append(pending)
+            await self._write(batch)
+
+    async def _write(self, batch: list[_Pending]) -> None:
+        try:
+            async with self._engine.begin() as connection:
+                outcomes = await store_updates(connection, [p.item for p in batch])
+        except Exception as exc:
+            logger.error("update_batch_failed", size=len(batch), error_type=type(exc).__name__)
+            for pending in batch:
+                if not pending.done.done():
+                    pending.done.set_exception(StorageUnavailable(type(exc).__name__))
+            return
+        for pending, outcome in zip(batch, outcomes, strict=True):
+            if not pending.done.done():
+                pending.done.set_result(outcome)
