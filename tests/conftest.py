@@ -133,11 +133,14 @@ def settings(tmp_path: Path, database_url: str, telegram_double: TelegramDouble)
 
 
 @contextlib.asynccontextmanager
-async def running_app(settings: Settings) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
-    """The application with its real lifespan, and an HTTP client speaking to it."""
+async def running_app(
+    settings: Settings, client_address: str = "203.0.113.10"
+) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+    """The application with its real lifespan, and an HTTP client speaking to it
+    from `client_address` (what the app sees as the peer)."""
     app = create_app(settings, configure_logs=False)
     async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app, client=("203.0.113.10", 40000))
+        transport = httpx.ASGITransport(app=app, client=(client_address, 40000))
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
             yield app, client
 
