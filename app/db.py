@@ -98,6 +98,23 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
     return create_async_engine(url, **kwargs)
 
 
+def create_ingress_engine(url: str) -> AsyncEngine:
+    """The webhook path's own engine: a separate pool and short timeouts (PostgreSQL)."""
+    if url.startswith("sqlite"):
+        return create_engine(url)
+    return create_engine(
+        url,
+        pool_size=10,
+        max_overflow=10,
+        pool_timeout=5,
+        connect_args={
+            "timeout": 5,
+            "command_timeout": 10,
+            "server_settings": {"lock_timeout": "5000", "statement_timeout": "10000"},
+        },
+    )
+
+
 def create_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
 

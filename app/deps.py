@@ -49,6 +49,9 @@ def _bearer(request: Request) -> str | None:
 
 async def get_auth(request: Request, session: DbSession) -> AuthContext:
     auth = await authenticate(session, _bearer(request))
+    # End the transaction now: authenticate may have written last_used_at, and its
+    # row lock must not be held for the rest of a request that may wait on Telegram.
+    await session.commit()
     request.state.auth = auth
     structlog.contextvars.bind_contextvars(workspace_id=str(auth.workspace_id))
     return auth

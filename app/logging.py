@@ -141,6 +141,7 @@ def configure_logging(*, json_output: bool, level: str = "INFO") -> None:
         uvicorn_logger.propagate = True
         uvicorn_logger.disabled = False
         uvicorn_logger.setLevel(logging.NOTSET)
-    # httpx logs every request URL at INFO; Telegram URLs carry the bot token.
-    for name in ("httpx", "httpcore", "alembic.runtime.plugins"):
+    # httpx logs every request URL at INFO (Telegram URLs carry the bot token);
+    # aiosqlite logs every statement's parameters at DEBUG.
+    for name in ("httpx", "httpcore", "aiosqlite", "alembic.runtime.plugins"):
         logging.getLogger(name).setLevel(logging.WARNING)

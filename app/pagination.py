@@ -11,7 +11,7 @@ import base64
 import binascii
 import json
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Generic, TypeVar
 
 from fastapi import Query
@@ -53,9 +53,16 @@ def decode_cursor(cursor: str, *, kind: type[datetime] | type[int]) -> tuple[Any
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         value, row_id = json.loads(base64.urlsafe_b64decode(padded.encode()))
-        position: Any = datetime.fromisoformat(value) if kind is datetime else int(value)
+        position: Any
+        if kind is datetime:
+            position = datetime.fromisoformat(value)
+            if position.tzinfo is None:
+                raise ValueError("cursor time without a time zone")
+            position = position.astimezone(UTC)
+        else:
+            position = int(value)
         return position, uuid.UUID(row_id)
-    except (ValueError, TypeError, binascii.Error, json.JSONDecodeError) as exc:
+    except (ValueError, TypeError, OverflowError, binascii.Error) as exc:
         raise ValidationFailed("cursor: not a cursor this API issued", field="cursor") from exc
 
 

@@ -17,10 +17,11 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.config import Settings
-from app.db import create_engine, create_session_factory
+from app.db import create_engine, create_ingress_engine, create_session_factory
 from app.ingress.directory import ConnectionDirectory, DirectoryInvalidator
 from app.ingress.store import UpdateWriter
 from app.ingress.webhook import WebhookIngress
+from app.locks import OperationLocks
 from app.ratelimit import (
     CachedPeek,
     LeasedRateLimiter,
@@ -46,6 +47,7 @@ class Runtime:
     writer: UpdateWriter
     directory: DirectoryInvalidator
     ingress: WebhookIngress
+    locks: OperationLocks
 
 
 def create_redis(url: str) -> Redis:
@@ -98,10 +100,16 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
             limiter = update_limiter = LocalRateLimiter()
         auth_limiter = CachedPeek(limiter, ttl=1.0)
 
-        writer = UpdateWriter(engine)
+        # Ingress has a pool of its own, so API requests waiting on Telegram can
+        # never starve webhook deliveries of database connections, and tight
+        # timeouts, so a slow database answers 503 (Telegram redelivers) instead
+        # of holding Telegram's connections.
+        ingress_engine = create_ingress_engine(settings.effective_database_url)
+        stack.push_async_callback(ingress_engine.dispose)
+        writer = UpdateWriter(ingress_engine)
         writer.start()
         stack.push_async_callback(writer.stop)
-        directory = ConnectionDirectory(engine, vault)
+        directory = ConnectionDirectory(ingress_engine, vault)
         invalidator = DirectoryInvalidator(directory, redis)
         invalidator.start()
         stack.push_async_callback(invalidator.stop)
@@ -128,4 +136,5 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
             writer=writer,
             directory=invalidator,
             ingress=ingress,
+            locks=OperationLocks(redis),
         )

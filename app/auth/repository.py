@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import Select, select, update
+from sqlalchemy import Select, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.models import ApiToken, Workspace
@@ -20,9 +20,23 @@ class TokenRepository:
     def _scoped(self) -> Select[tuple[ApiToken]]:
         return select(ApiToken).where(ApiToken.workspace_id == self.workspace_id)
 
-    async def get(self, token_id: uuid.UUID) -> ApiToken | None:
-        result = await self.session.execute(self._scoped().where(ApiToken.id == token_id))
-        return result.scalar_one_or_none()
+    async def get(self, token_id: uuid.UUID, *, for_update: bool = False) -> ApiToken | None:
+        stmt = self._scoped().where(ApiToken.id == token_id)
+        if for_update:
+            stmt = stmt.with_for_update()
+        return (await self.session.execute(stmt)).scalar_one_or_none()
+
+    async def live_admin_count(self) -> int:
+        stmt = (
+            select(func.count())
+            .select_from(ApiToken)
+            .where(
+                ApiToken.workspace_id == self.workspace_id,
+                ApiToken.role == "admin",
+                ApiToken.revoked_at.is_(None),
+            )
+        )
+        return int((await self.session.execute(stmt)).scalar_one())
 
     async def list(self, params: PageParams) -> list[ApiToken]:
         stmt = keyset(self._scoped(), ApiToken.created_at, ApiToken.id, params, descending=True)

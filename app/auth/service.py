@@ -12,12 +12,17 @@ from app.auth.models import ApiToken, Role, Workspace
 from app.auth.repository import TokenRepository, find_token_by_hash, touch_token
 from app.auth.tokens import generate_api_token, hash_api_token, looks_like_api_token
 from app.db import utcnow
-from app.errors import NotFound, Unauthenticated
+from app.errors import Conflict, NotFound, Unauthenticated
 from app.pagination import PageParams
 
 # Writing last_used_at on every request would turn each read into a write; a
 # minute's precision is what an operator auditing stale tokens needs.
 LAST_USED_PRECISION = timedelta(minutes=1)
+
+
+class LastAdminToken(Conflict):
+    code = "last_admin_token"
+    default_message = "This is the workspace's last admin token; create another admin token first."
 
 
 @dataclass(frozen=True)
@@ -80,9 +85,14 @@ class TokenService:
         return await self.repository.list(params)
 
     async def revoke(self, token_id: uuid.UUID) -> ApiToken:
-        token = await self.repository.get(token_id)
+        """Revoke a token; the workspace's last live admin token cannot be revoked,
+        because nothing could then create another one."""
+        token = await self.repository.get(token_id, for_update=True)
         if token is None:
             raise NotFound("No such API token.")
-        if token.revoked_at is None:
-            token.revoked_at = utcnow()
+        if token.revoked_at is not None:
+            return token
+        if token.role == Role.admin.value and await self.repository.live_admin_count() <= 1:
+            raise LastAdminToken()
+        token.revoked_at = utcnow()
         return token

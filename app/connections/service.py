@@ -72,6 +72,9 @@ T = TypeVar("T")
 DEGRADED_WINDOW = timedelta(hours=1)
 # setWebhook answers 429 "retry after 1" when called twice within a second.
 MAX_SET_WEBHOOK_WAIT = 5.0
+# After a rotation Telegram may or may not have received: keep the previous secret
+# valid as long as Telegram keeps retrying a delivery.
+UNSETTLED_SECRET_GRACE = timedelta(hours=24)
 MANUAL_CLEANUP_HINT = (
     "Telegram did not confirm deleteWebhook. The connection and its stored credentials "
     "are gone; if the bot still has a webhook, call "
@@ -144,6 +147,7 @@ class ConnectionService:
         self.vault: Vault = runtime.vault
         self.telegram: TelegramClient = runtime.telegram
         self.directory = runtime.directory
+        self.locks = runtime.locks
         self.auth = auth
         self.repository = ConnectionRepository(session, auth.workspace_id)
 
@@ -194,7 +198,11 @@ class ConnectionService:
 
         try:
             warnings = await self._register(connection, token, secret, key)
-        except AppError:
+        except AppError as exc:
+            if isinstance(exc, TelegramUnavailable):
+                # setWebhook may have been applied even though we saw no answer:
+                # do not leave the bot pointing at a key about to be forgotten.
+                await self._withdraw_our_webhook(connection, token)
             await self.repository.remove_claim(connection.id)
             await self.session.commit()
             raise
@@ -237,7 +245,8 @@ class ConnectionService:
     # -- health --------------------------------------------------------------------
 
     async def health(self, connection_id: uuid.UUID) -> HealthReport:
-        connection = await self.get(connection_id, for_update=True)
+        # No row lock: it would be held across the Telegram call.
+        connection = await self.get(connection_id)
         token = self._open_token(connection)
         try:
             info = await self.telegram.get_webhook_info(token)
@@ -298,58 +307,76 @@ class ConnectionService:
     # -- credentials ---------------------------------------------------------------
 
     async def rotate_secret(self, connection_id: uuid.UUID) -> TelegramConnection:
-        """A new webhook secret; the previous one is accepted for the grace period."""
-        connection = await self.get(connection_id, for_update=True)
-        token = self._open_token(connection)
-        key = self._open(connection, "webhook_key")
-        old_sealed, old_hash = connection.webhook_secret, connection.webhook_secret_hash
-        secret = generate_webhook_secret()
-        connection.previous_secret_hash = old_hash
-        connection.previous_secret_expires_at = utcnow() + timedelta(
-            seconds=self.settings.webhook_secret_grace_seconds
-        )
-        connection.webhook_secret = self.vault.seal(
-            secret, secret_context(connection, "webhook_secret")
-        )
-        connection.webhook_secret_hash = self.vault.lookup_hash(secret)
-        connection.updated_at = utcnow()
-        # Durable (and known to every replica) first: Telegram may deliver with the
-        # new secret the moment it has it; the old one stays valid meanwhile.
-        await self.session.commit()
-        await self.directory.connection_changed(connection.id)
-        try:
-            await self._register(connection, token, secret, key)
-        except AppError:
-            connection.webhook_secret, connection.webhook_secret_hash = old_sealed, old_hash
-            connection.previous_secret_hash = None
-            connection.previous_secret_expires_at = None
+        """A new webhook secret; the previous one is accepted for the grace period.
+
+        If Telegram cannot be told, the new secret is kept anyway (Telegram may have
+        applied it without our seeing the answer) and the previous one stays valid
+        for a day, so deliveries succeed with either until a resync settles it.
+        """
+        async with self.locks.hold(f"connection:{connection_id}"):
+            connection = await self.get(connection_id)
+            token = self._open_token(connection)
+            key = self._open(connection, "webhook_key")
+            secret = generate_webhook_secret()
+            now = utcnow()
+            connection.previous_secret_hash = connection.webhook_secret_hash
+            connection.previous_secret_expires_at = now + self._grace()
+            connection.webhook_secret = self.vault.seal(
+                secret, secret_context(connection, "webhook_secret")
+            )
+            connection.webhook_secret_hash = self.vault.lookup_hash(secret)
+            connection.updated_at = now
+            # Durable (and known to every replica) first: Telegram may deliver with
+            # the new secret the moment it has it; the old one stays valid meanwhile.
             await self.session.commit()
             await self.directory.connection_changed(connection.id)
-            raise
-        logger.info("webhook_secret_rotated", connection_id=str(connection.id))
-        return connection
+            try:
+                await self._register(connection, token, secret, key)
+            except AppError as exc:
+                connection.previous_secret_expires_at = utcnow() + UNSETTLED_SECRET_GRACE
+                connection.status = ConnectionStatus.action_required.value
+                connection.status_hint = (
+                    f"Telegram was not told the new webhook secret ({exc.message}) Both the "
+                    "old and the new secret are accepted meanwhile; resync to finish."
+                )
+                await self.session.commit()
+                await self.directory.connection_changed(connection.id)
+                raise
+            logger.info("webhook_secret_rotated", connection_id=str(connection.id))
+            return connection
 
     async def replace_token(self, connection_id: uuid.UUID, bot_token: str) -> TelegramConnection:
         """A regenerated token for the same bot: re-encrypt it and register again."""
         token = parse_bot_token(bot_token)
-        connection = await self.get(connection_id, for_update=True)
-        bot = await telegram_call(self.telegram.get_me(token))
-        if bot.id != connection.bot_id:
-            raise DifferentBot()
-        self._seal_token(connection, token)
-        connection.bot_username, connection.bot_first_name = bot.username, bot.first_name
-        connection.updated_at = utcnow()
-        await self.session.commit()
-        await self._reregister(connection, token)
-        logger.info("bot_token_replaced", connection_id=str(connection.id))
-        return connection
+        async with self.locks.hold(f"connection:{connection_id}"):
+            connection = await self.get(connection_id)
+            bot = await telegram_call(self.telegram.get_me(token))
+            if bot.id != connection.bot_id:
+                raise DifferentBot()
+            # The new token is valid (getMe said so): keep it even if registering
+            # fails below, which leaves the connection action_required with a hint.
+            self._seal_token(connection, token)
+            connection.bot_username, connection.bot_first_name = bot.username, bot.first_name
+            connection.updated_at = utcnow()
+            await self.session.commit()
+            await self._reregister(connection, token)
+            logger.info("bot_token_replaced", connection_id=str(connection.id))
+            return connection
 
     async def resync(self, connection_id: uuid.UUID) -> TelegramConnection:
         """Register the webhook again (or remove it, in polling mode)."""
-        connection = await self.get(connection_id, for_update=True)
-        connection.mode = self._mode().value
-        await self._reregister(connection, self._open_token(connection))
-        return connection
+        async with self.locks.hold(f"connection:{connection_id}"):
+            connection = await self.get(connection_id)
+            connection.mode = self._mode().value
+            await self._reregister(connection, self._open_token(connection))
+            # Telegram now has the current secret: an unsettled rotation's previous
+            # secret only needs the ordinary grace period from here on.
+            expires = connection.previous_secret_expires_at
+            if expires is not None and expires > utcnow() + self._grace():
+                connection.previous_secret_expires_at = utcnow() + self._grace()
+                await self.session.commit()
+                await self.directory.connection_changed(connection.id)
+            return connection
 
     async def _reregister(self, connection: TelegramConnection, token: BotToken) -> None:
         secret = self._open(connection, "webhook_secret")
@@ -369,18 +396,40 @@ class ConnectionService:
     # -- delete --------------------------------------------------------------------
 
     async def delete(self, connection_id: uuid.UUID) -> DeleteReport:
-        """deleteWebhook, then destroy the credentials; the row stays for history."""
-        connection = await self.get(connection_id, for_update=True)
-        report = DeleteReport(id=connection.id, remote_cleanup="ok")
-        try:
-            await self.telegram.delete_webhook(self._open_token(connection))
-        except TelegramError as exc:
-            logger.warning(
-                "delete_webhook_failed",
+        """deleteWebhook, then destroy the credentials; the row stays for history.
+
+        Telegram refusing (the token was revoked) still removes the connection,
+        with `remote_cleanup: failed` and a hint. Telegram unreachable or failing
+        (network, 5xx, 429) does not: the answer is 502 and nothing is destroyed,
+        because the token is what it takes to remove the webhook later.
+        """
+        async with self.locks.hold(f"connection:{connection_id}"):
+            connection = await self.get(connection_id)
+            report = DeleteReport(id=connection.id, remote_cleanup="ok")
+            try:
+                await self.telegram.delete_webhook(self._open_token(connection))
+            except TelegramError as exc:
+                if exc.retryable:
+                    raise telegram_failure(exc) from None
+                logger.warning(
+                    "delete_webhook_refused",
+                    connection_id=str(connection.id),
+                    error_type=type(exc).__name__,
+                )
+                report.remote_cleanup, report.hint = "failed", MANUAL_CLEANUP_HINT
+            self._destroy_credentials(connection)
+            # Committed here so that no replica can reload the old webhook route
+            # between dropping it from the cache and the end of the request.
+            await self.session.commit()
+            await self.directory.connection_changed(connection.id)
+            logger.info(
+                "connection_deleted",
                 connection_id=str(connection.id),
-                error_type=type(exc).__name__,
+                remote_cleanup=report.remote_cleanup,
             )
-            report.remote_cleanup, report.hint = "failed", MANUAL_CLEANUP_HINT
+            return report
+
+    def _destroy_credentials(self, connection: TelegramConnection) -> None:
         connection.bot_token = None
         connection.webhook_secret = None
         connection.webhook_secret_hash = None
@@ -390,18 +439,24 @@ class ConnectionService:
         connection.previous_secret_expires_at = None
         connection.deleted_at = utcnow()
         connection.updated_at = connection.deleted_at
-        # Committed here so that no replica can reload the old webhook route
-        # between dropping it from the cache and the end of the request.
-        await self.session.commit()
-        await self.directory.connection_changed(connection.id)
-        logger.info(
-            "connection_deleted",
-            connection_id=str(connection.id),
-            remote_cleanup=report.remote_cleanup,
-        )
-        return report
 
     # -- helpers -------------------------------------------------------------------
+
+    def _grace(self) -> timedelta:
+        return timedelta(seconds=self.settings.webhook_secret_grace_seconds)
+
+    async def _withdraw_our_webhook(self, connection: TelegramConnection, token: BotToken) -> None:
+        """Best effort: remove the bot's webhook if (and only if) it points at us."""
+        try:
+            info = await self.telegram.get_webhook_info(token)
+            if self._is_our_webhook(connection, info.url):
+                await self.telegram.delete_webhook(token)
+        except TelegramError as exc:
+            logger.warning(
+                "webhook_withdrawal_failed",
+                connection_id=str(connection.id),
+                error_type=type(exc).__name__,
+            )
 
     def _mode(self) -> ConnectionMode:
         return ConnectionMode.webhook if self.settings.public_base_url else ConnectionMode.polling

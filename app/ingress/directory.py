@@ -62,6 +62,9 @@ class ConnectionDirectory:
         self._clock = clock
         # Keyed by a digest of the webhook key, so plaintext keys are not retained.
         self._entries: dict[bytes, tuple[float, WebhookRoute | None]] = {}
+        # Bumped by every invalidation: a load that started before one may have
+        # read the old row and must not be cached.
+        self._generation = 0
 
     async def lookup(self, key: str) -> WebhookRoute | None:
         """The live connection whose webhook key is `key`, or None."""
@@ -70,10 +73,12 @@ class ConnectionDirectory:
         cached = self._entries.get(digest)
         if cached is not None and cached[0] > now:
             return cached[1]
+        generation = self._generation
         route = await self._load(key)
-        if len(self._entries) >= MAX_ENTRIES:
-            self._entries.clear()
-        self._entries[digest] = (now + self._ttl, route)
+        if generation == self._generation:
+            if len(self._entries) >= MAX_ENTRIES:
+                self._entries.clear()
+            self._entries[digest] = (now + self._ttl, route)
         return route
 
     async def _load(self, key: str) -> WebhookRoute | None:
@@ -102,6 +107,7 @@ class ConnectionDirectory:
 
     def invalidate(self, connection_id: uuid.UUID | None = None) -> None:
         """Forget one connection's entry (or all, with None)."""
+        self._generation += 1
         if connection_id is None:
             self._entries.clear()
             return

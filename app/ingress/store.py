@@ -29,6 +29,8 @@ from typing import Any
 import structlog
 from sqlalchemy import Table, and_, literal_column
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as SATimeoutError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.db import new_id
@@ -68,13 +70,32 @@ def _insert(connection: AsyncConnection, table: Table) -> Any:
 
 
 def _timestamp(seconds: int, fallback: datetime) -> datetime:
-    return datetime.fromtimestamp(seconds, UTC) if seconds > 0 else fallback
+    """Telegram's unix date, or `fallback` when it is missing or out of range."""
+    if seconds <= 0:
+        return fallback
+    try:
+        return datetime.fromtimestamp(seconds, UTC)
+    except (OverflowError, OSError, ValueError):
+        return fallback
+
+
+def _text(value: str | None, limit: int | None = None) -> str | None:
+    """Text the database will take: no NUL, no lone surrogates (both valid in JSON)."""
+    if value is None:
+        return None
+    cleaned = value.encode("utf-8", errors="replace").decode("utf-8").replace("\x00", "")
+    return cleaned[:limit] if limit is not None else cleaned
 
 
 async def store_updates(
-    connection: AsyncConnection, items: Sequence[IncomingUpdate]
+    connection: AsyncConnection, items: Sequence[IncomingUpdate], *, derive: bool = True
 ) -> list[StoreOutcome]:
-    """Store a batch inside the caller's transaction; one outcome per item, in order."""
+    """Store a batch inside the caller's transaction; one outcome per item, in order.
+
+    With `derive=False` only the updates themselves are stored (the last resort for
+    an update whose derived records the database refuses: the raw update is kept
+    and acknowledged, so Telegram does not redeliver it for a day).
+    """
     first_of: dict[tuple[uuid.UUID, int], int] = {}
     for index, item in enumerate(items):
         first_of.setdefault((item.connection_id, item.parsed.update_id), index)
@@ -85,7 +106,7 @@ async def store_updates(
             "workspace_id": items[index].workspace_id,
             "connection_id": items[index].connection_id,
             "update_id": items[index].parsed.update_id,
-            "kind": items[index].parsed.kind,
+            "kind": _text(items[index].parsed.kind, 64),
             "source": items[index].source,
             "payload": items[index].raw,
             "received_at": items[index].received_at,
@@ -100,7 +121,7 @@ async def store_updates(
     )
     inserted = {(row.connection_id, row.update_id) for row in await connection.execute(stmt)}
     new_items = [items[index] for key, index in unique if key in inserted]
-    if new_items:
+    if new_items and derive:
         await _derive(connection, new_items)
     outcomes = []
     for index, item in enumerate(items):
@@ -129,10 +150,10 @@ async def _upsert_contacts(
             "workspace_id": item.workspace_id,
             "connection_id": item.connection_id,
             "telegram_chat_id": sender.id,
-            "telegram_username": sender.username,
-            "first_name": sender.first_name,
-            "last_name": sender.last_name,
-            "title": sender.title,
+            "telegram_username": _text(sender.username, 64),
+            "first_name": _text(sender.first_name, 256),
+            "last_name": _text(sender.last_name, 256),
+            "title": _text(sender.title, 256),
             "is_bot": sender.is_bot,
             "is_chat": sender.is_chat,
             "created_at": item.received_at,
@@ -179,8 +200,8 @@ async def _upsert_conversations(
             "connection_id": item.connection_id,
             "key": encoded,
             "chat_id": key.chat_id,
-            "chat_type": chat.type[:32],
-            "title": chat.title or names or chat.username,
+            "chat_type": _text(chat.type, 32),
+            "title": _text(chat.title or names or chat.username, 256),
             "business_connection_id": key.business_connection_id,
             "thread_id": key.thread_id,
             "direct_messages_topic_id": key.direct_messages_topic_id,
@@ -234,8 +255,8 @@ async def _upsert_messages(
             "direction": "inbound",
             "telegram_message_id": message.message_id,
             "sender_contact_id": sender_id,
-            "content_kind": message.kind[:64],
-            "text": message.text,
+            "content_kind": _text(message.kind, 64),
+            "text": _text(message.text),
             "sent_at": _timestamp(message.date, item.received_at),
             "edited_at": item.received_at if message.edited else None,
             "received_at": item.received_at,
@@ -272,10 +293,23 @@ class UpdateWriter:
     of that batch was stored and the caller answers 503.
     """
 
-    def __init__(self, engine: AsyncEngine, *, writers: int = 2, max_batch: int = 256) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        writers: int = 2,
+        max_batch: int = 256,
+        max_queued: int = 5000,
+        submit_timeout: float = 10.0,
+    ) -> None:
         self._engine = engine
         # None is the stop signal: a writer that takes it finishes its batch and ends.
         self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()
+        # Past this, new updates are refused (503) rather than held in memory.
+        self._max_queued = max_queued
+        # A request never waits longer than this for its batch; if the batch commits
+        # later anyway, Telegram's redelivery is a harmless duplicate.
+        self._submit_timeout = submit_timeout
         self._max_batch = max_batch
         # SQLite has one writer at a time; more tasks would only queue on its lock.
         self._writers = 1 if engine.dialect.name == "sqlite" else max(1, writers)
@@ -305,9 +339,14 @@ class UpdateWriter:
     async def submit(self, item: IncomingUpdate) -> StoreOutcome:
         if not self._accepting:
             raise StorageUnavailable("the update writer is not running")
+        if self._queue.qsize() >= self._max_queued:
+            raise StorageUnavailable("the update queue is full")
         done: asyncio.Future[StoreOutcome] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Pending(item, done))
-        return await done
+        try:
+            return await asyncio.wait_for(asyncio.shield(done), self._submit_timeout)
+        except TimeoutError:
+            raise StorageUnavailable("storing the update took too long") from None
 
     async def _run(self) -> None:
         stopping = False
@@ -326,14 +365,61 @@ class UpdateWriter:
 
     async def _write(self, batch: list[_Pending]) -> None:
         try:
-            async with self._engine.begin() as connection:
-                outcomes = await store_updates(connection, [p.item for p in batch])
+            outcomes = await self._store([p.item for p in batch])
         except Exception as exc:
-            logger.error("update_batch_failed", size=len(batch), error_type=type(exc).__name__)
+            if _is_outage(exc) or len(batch) == 1:
+                self._fail(batch, exc)
+                return
+            # A data error: find the item(s) the database refuses, so one bad
+            # update does not fail (and keep failing) everyone else's.
             for pending in batch:
-                if not pending.done.done():
-                    pending.done.set_exception(StorageUnavailable(type(exc).__name__))
+                await self._write_alone(pending)
             return
         for pending, outcome in zip(batch, outcomes, strict=True):
             if not pending.done.done():
                 pending.done.set_result(outcome)
+
+    async def _write_alone(self, pending: _Pending) -> None:
+        for derive in (True, False):
+            try:
+                (outcome,) = await self._store([pending.item], derive=derive)
+            except Exception as exc:
+                if _is_outage(exc) or not derive:
+                    self._fail([pending], exc)
+                    return
+                logger.warning(
+                    "update_stored_without_derived_records",
+                    connection_id=str(pending.item.connection_id),
+                    update_id=pending.item.parsed.update_id,
+                    error_type=type(exc).__name__,
+                )
+                continue
+            if not pending.done.done():
+                pending.done.set_result(outcome)
+            return
+
+    async def _store(
+        self, items: list[IncomingUpdate], *, derive: bool = True
+    ) -> list[StoreOutcome]:
+        async with self._engine.begin() as connection:
+            return await store_updates(connection, items, derive=derive)
+
+    def _fail(self, batch: list[_Pending], exc: BaseException) -> None:
+        logger.error(
+            "update_batch_failed",
+            size=len(batch),
+            error_type=type(exc).__name__,
+            updates=[(str(p.item.connection_id), p.item.parsed.update_id) for p in batch[:10]],
+        )
+        for pending in batch:
+            if not pending.done.done():
+                pending.done.set_exception(StorageUnavailable(type(exc).__name__))
+
+
+def _is_outage(exc: BaseException) -> bool:
+    """Whether the database is unreachable (as opposed to refusing this data)."""
+    if isinstance(exc, OSError | TimeoutError | ConnectionError):
+        return True
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, OperationalError | InterfaceError | SATimeoutError)

@@ -21,6 +21,7 @@ order of SPEC section 5:
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import json
 from collections.abc import Callable
@@ -35,7 +36,7 @@ from app.db import utcnow
 from app.ingress.directory import ConnectionDirectory, WebhookRoute
 from app.ingress.store import IncomingUpdate, StorageUnavailable, UpdateWriter
 from app.ratelimit import CachedPeek, RateLimit, RateLimiter, RateLimiterUnavailable
-from app.telegram.updates import InvalidUpdate, parse_update
+from app.telegram.updates import parse_update
 from app.vault import Vault
 
 logger = structlog.get_logger("app.ingress")
@@ -121,17 +122,21 @@ class WebhookIngress:
         source = self._source_address(scope, headers)
         if self._telegram_only and not _in_telegram_ranges(source):
             return 403, FORBIDDEN_SOURCE, []
-        auth_key = f"ingress:auth:{source}"
+        key = _query_key(scope.get("query_string", b""))
+        auth_key = _failure_bucket(source, key)
         try:
             address = await self._auth_limiter.peek(auth_key, self._auth_limit)
             if not address.allowed:
                 return _rate_limited(address.retry_after_header())
 
-            route = await self._authenticate(scope, headers)
+            route = await self._authenticate(key, headers)
             if route is None:
                 refusal = await self._auth_limiter.hit(auth_key, self._auth_limit)
                 logger.debug("webhook_rejected", reason="unauthenticated", source=source)
                 if not refusal.allowed:
+                    # Worth an operator's attention: a scan, or a webhook left
+                    # pointing here with a stale key or secret.
+                    logger.info("webhook_source_over_failure_limit", source=source)
                     return _rate_limited(refusal.retry_after_header())
                 return 401, UNAUTHORIZED, []
 
@@ -156,7 +161,9 @@ class WebhookIngress:
         try:
             text = raw.decode("utf-8")
             parsed = parse_update(json.loads(text))
-        except (UnicodeDecodeError, json.JSONDecodeError, InvalidUpdate, RecursionError):
+        except (ValueError, RecursionError):
+            # ValueError covers bad UTF-8, bad JSON, InvalidUpdate, and integers
+            # past Python's digit limit.
             return 400, BAD_UPDATE, []
 
         try:
@@ -174,8 +181,9 @@ class WebhookIngress:
             return 503, UNAVAILABLE, [(b"retry-after", b"1")]
         return 200, OK_BODY, []
 
-    async def _authenticate(self, scope: Scope, headers: dict[bytes, bytes]) -> WebhookRoute | None:
-        key = _query_key(scope.get("query_string", b""))
+    async def _authenticate(
+        self, key: str | None, headers: dict[bytes, bytes]
+    ) -> WebhookRoute | None:
         secret = headers.get(SECRET_HEADER)
         if key is None or not secret:
             return None
@@ -229,8 +237,12 @@ class WebhookIngress:
         if not forwarded or not self._is_trusted(peer):
             return peer
         # The rightmost address not added by one of our own proxies is the client.
-        for candidate in reversed(forwarded.decode("latin-1").split(",")):
-            candidate = candidate.strip()
+        for entry in reversed(forwarded.decode("latin-1").split(",")):
+            candidate = _plain_address(entry)
+            if candidate is None:
+                # Not an address we can key a limit on: fall back to the proxy itself
+                # rather than let arbitrary text become a fresh limiter bucket.
+                return peer
             if not self._is_trusted(candidate):
                 return candidate
         return peer
@@ -245,9 +257,37 @@ class WebhookIngress:
         return any(ip in network for network in self._trusted_proxies)
 
 
+def _plain_address(entry: str) -> str | None:
+    """An X-Forwarded-For entry as a canonical IP address, ports stripped; else None."""
+    entry = entry.strip()
+    if entry.startswith("["):  # [2001:db8::1]:443
+        entry = entry[1:].partition("]")[0]
+    elif entry.count(":") == 1:  # 198.51.100.7:5000
+        entry = entry.partition(":")[0]
+    try:
+        return str(ipaddress.ip_address(entry))
+    except ValueError:
+        return None
+
+
 def _query_key(query_string: bytes) -> str | None:
     values = parse_qs(query_string.decode("latin-1")).get("key", [])
     return values[0] if len(values) == 1 and values[0] else None
+
+
+def _failure_bucket(source: str, key: str | None) -> str:
+    """Whose failed authentications are counted together.
+
+    Per source address, as SPEC section 5 says, except for Telegram's own ranges:
+    Telegram delivers every bot's webhooks from a handful of shared addresses, so
+    one bot pointed here with a bad key (by mistake, or by anyone with a bot of
+    their own) would otherwise lock every tenant out. There the bucket is the
+    address and a digest of the key presented, computed without looking it up.
+    """
+    if not _in_telegram_ranges(source):
+        return f"ingress:auth:{source}"
+    digest = hashlib.sha256((key or "").encode()).hexdigest()[:16]
+    return f"ingress:auth:{source}:{digest}"
 
 
 def _in_telegram_ranges(address: str) -> bool:

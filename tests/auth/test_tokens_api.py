@@ -149,3 +149,33 @@ async def test_validation_errors_name_the_field(
         "/api/v1/tokens", params={"cursor": "nope"}, headers=workspace.headers()
     )
     assert assert_error(bad_cursor, 422, "validation_error")["field"] == "cursor"
+
+
+async def test_the_last_admin_token_cannot_be_revoked(
+    app_client: httpx.AsyncClient, workspace: WorkspaceFixture
+) -> None:
+    listed = await app_client.get("/api/v1/tokens", headers=workspace.headers())
+    (admin,) = [item for item in listed.json()["items"] if item["role"] == "admin"]
+    refused = await app_client.delete(f"/api/v1/tokens/{admin['id']}", headers=workspace.headers())
+    assert_error(refused, 409, "last_admin_token")
+    still = await app_client.get("/api/v1/tokens", headers=workspace.headers())
+    assert still.status_code == 200
+    # With a second admin, the first can go.
+    await workspace.token(Role.admin, "second admin")
+    revoked = await app_client.delete(f"/api/v1/tokens/{admin['id']}", headers=workspace.headers())
+    assert revoked.status_code == 200
+
+
+async def test_a_crafted_cursor_is_422_not_500(
+    app_client: httpx.AsyncClient, workspace: WorkspaceFixture
+) -> None:
+    import base64
+    import json
+
+    for value in ("2024-01-01T00:00:00", "9999-12-31T23:59:59-23:00"):
+        raw = json.dumps([value, str(uuid.uuid4())]).encode()
+        cursor = base64.urlsafe_b64encode(raw).decode().rstrip("=")
+        response = await app_client.get(
+            "/api/v1/tokens", params={"cursor": cursor}, headers=workspace.headers()
+        )
+        assert assert_error(response, 422, "validation_error")["field"] == "cursor"

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import httpx
 import pytest
@@ -15,7 +17,7 @@ from app.auth.models import Role
 from app.connections.models import TelegramConnection, secret_context
 from app.vault import Vault, parse_keyring
 from tests.auth.test_tokens_api import assert_error
-from tests.conftest import TEST_VAULT_KEYS, WorkspaceFixture
+from tests.conftest import TEST_VAULT_KEYS, WorkspaceFixture, make_settings, running_app
 from tests.connections.helpers import connect_bot, webhook_credentials
 from tests.telegram_double.double import TelegramDouble
 
@@ -184,25 +186,86 @@ async def test_rotate_secret_waits_out_telegrams_one_second_rule(
     assert statuses == [200, 429, 200]
 
 
-async def test_failed_rotation_keeps_the_current_secret(
+async def test_unconfirmed_rotation_accepts_both_secrets_until_resync(
     app_client: httpx.AsyncClient,
     workspace: WorkspaceFixture,
     telegram_double: TelegramDouble,
     db_session_factory: async_sessionmaker[AsyncSession],
     vault: Vault,
 ) -> None:
+    """Telegram may have applied a rotation whose answer we never saw: never revert."""
     telegram_double.enforce_set_webhook_rate_limit = False
     bot, body = await connect_bot(app_client, workspace, telegram_double)
-    _, secret = webhook_credentials(telegram_double, bot)
+    _, old_secret = webhook_credentials(telegram_double, bot)
     telegram_double.fail_next("setWebhook", status=500, description="Internal Server Error")
     response = await app_client.post(
         f"{BASE}/{body['id']}/rotate-secret", headers=workspace.headers()
     )
     assert_error(response, 502, "telegram_unavailable")
     row = await load_row(db_session_factory, body["id"])
-    assert row.webhook_secret_hash is not None
-    assert vault.matches(secret, row.webhook_secret_hash)
-    assert row.previous_secret_hash is None
+    assert row.webhook_secret is not None and row.previous_secret_hash is not None
+    new_secret = vault.open(row.webhook_secret, secret_context(row, "webhook_secret"))
+    assert new_secret != old_secret
+    assert vault.matches(old_secret, row.previous_secret_hash)
+    assert row.previous_secret_expires_at is not None
+    assert row.previous_secret_expires_at - datetime.now(UTC) > timedelta(hours=23)
+    assert row.status == "action_required" and "resync" in (row.status_hint or "")
+
+    resynced = await app_client.post(f"{BASE}/{body['id']}/resync", headers=workspace.headers())
+    assert resynced.status_code == 200 and resynced.json()["status"] == "active"
+    assert webhook_credentials(telegram_double, bot)[1] == new_secret
+    settled = await load_row(db_session_factory, body["id"])
+    assert settled.previous_secret_expires_at is not None
+    assert settled.previous_secret_expires_at - datetime.now(UTC) <= timedelta(minutes=10)
+
+
+async def test_concurrent_changes_to_one_connection_get_409(
+    app_client: httpx.AsyncClient, workspace: WorkspaceFixture, telegram_double: TelegramDouble
+) -> None:
+    telegram_double.enforce_set_webhook_rate_limit = False
+    bot, body = await connect_bot(app_client, workspace, telegram_double)
+    telegram_double.delay_next("setWebhook", 1.0)
+    rotation = asyncio.create_task(
+        app_client.post(f"{BASE}/{body['id']}/rotate-secret", headers=workspace.headers())
+    )
+    for _ in range(100):
+        if len(telegram_double.calls_for("setWebhook")) == 2:
+            break
+        await asyncio.sleep(0.02)
+    deleted = await app_client.delete(f"{BASE}/{body['id']}", headers=workspace.headers())
+    assert_error(deleted, 409, "operation_in_progress")
+    assert (await rotation).status_code == 200
+    # Once the rotation is done the connection can be deleted, and nothing re-registers it.
+    assert (
+        await app_client.delete(f"{BASE}/{body['id']}", headers=workspace.headers())
+    ).status_code == 200
+    assert telegram_double.webhook(bot).url == ""
+
+
+async def test_create_whose_set_webhook_answer_was_lost_withdraws_the_webhook(
+    tmp_path: Path,
+    database_url: str,
+    workspace: WorkspaceFixture,
+    telegram_double: TelegramDouble,
+    db_session_factory: async_sessionmaker[AsyncSession],
+) -> None:
+    settings = make_settings(
+        tmp_path,
+        database_url,
+        telegram_api_base=telegram_double.base_url,
+        telegram_request_timeout=0.5,
+    )
+    bot = telegram_double.add_bot()
+    telegram_double.delay_next("setWebhook", 1.5, after_execute=True)
+    async with running_app(settings) as (_app, client):
+        response = await client.post(
+            f"{BASE}/telegram", json={"bot_token": bot.token}, headers=workspace.headers()
+        )
+    assert_error(response, 502, "telegram_unavailable")
+    # Telegram had applied it; the service saw no answer and took it back.
+    assert telegram_double.webhook(bot).url == ""
+    async with db_session_factory() as session:
+        assert (await session.execute(select(TelegramConnection))).first() is None
 
 
 async def test_token_replacement_keeps_the_connection_and_reregisters(
@@ -279,6 +342,23 @@ async def test_delete_with_a_revoked_token_still_removes_and_says_cleanup_failed
     assert listed.json()["items"] == []
 
 
+async def test_delete_while_telegram_fails_keeps_the_connection_and_its_credentials(
+    app_client: httpx.AsyncClient,
+    workspace: WorkspaceFixture,
+    telegram_double: TelegramDouble,
+    db_session_factory: async_sessionmaker[AsyncSession],
+) -> None:
+    bot, body = await connect_bot(app_client, workspace, telegram_double)
+    telegram_double.fail_next("deleteWebhook", status=502, description="Bad Gateway")
+    response = await app_client.delete(f"{BASE}/{body['id']}", headers=workspace.headers())
+    assert_error(response, 502, "telegram_unavailable")
+    row = await load_row(db_session_factory, body["id"])
+    assert row.deleted_at is None and row.bot_token is not None
+    assert telegram_double.webhook(bot).url != ""
+    retried = await app_client.delete(f"{BASE}/{body['id']}", headers=workspace.headers())
+    assert retried.status_code == 200 and retried.json()["remote_cleanup"] == "ok"
+
+
 async def test_no_plaintext_secret_in_any_table(
     app_client: httpx.AsyncClient,
     workspace: WorkspaceFixture,
@@ -330,12 +410,12 @@ async def test_no_secret_reaches_the_logs_across_the_lifecycle(
         await app_client.put(
             f"{BASE}/{body['id']}/token", json={"bot_token": new_token}, headers=workspace.headers()
         )
-        telegram_double.fail_next("deleteWebhook", status=500)
+        telegram_double.revoke_token(new_token)
         await app_client.delete(f"{BASE}/{body['id']}", headers=workspace.headers())
         logs = capsys.readouterr().err
     finally:
         configure_logging(json_output=False, level="DEBUG")
-    assert "connection_created" in logs and "delete_webhook_failed" in logs
+    assert "connection_created" in logs and "delete_webhook_refused" in logs
     assert original_token is not None and original_token != new_token
     for plaintext in (original_token, new_token, key, secret, first_secret, workspace.admin_token):
         assert plaintext not in logs

@@ -63,8 +63,14 @@ def build_app(double: TelegramDouble) -> Starlette:
 
 
 async def _run(double: TelegramDouble, prepared: Prepared) -> Reply:
-    if prepared.delay is not None:
-        limit = prepared.delay.seconds
+    delay = prepared.delay
+    if delay is not None and delay.after_execute and prepared.failure is None:
+        reply = double.execute(prepared)
+        limit = delay.seconds
+        await _wait(double, prepared, double.HANG_LIMIT if limit is None else limit)
+        return reply
+    if delay is not None:
+        limit = delay.seconds
         await _wait(double, prepared, double.HANG_LIMIT if limit is None else limit)
     if prepared.failure is not None:
         return prepared.failure

@@ -257,21 +257,39 @@ class TelegramDouble:
             )
 
     def delay_next(
-        self, method: str, seconds: float, *, times: int = 1, bot: BotRef | None = None
+        self,
+        method: str,
+        seconds: float,
+        *,
+        times: int = 1,
+        bot: BotRef | None = None,
+        after_execute: bool = False,
     ) -> None:
-        """Wait `seconds` before answering the next `times` calls of `method`."""
-        self._add_delay(method, seconds, times, bot)
+        """Wait `seconds` before answering the next `times` calls of `method`.
+
+        With `after_execute` the call takes effect first and only the answer is
+        late, as when Telegram applied a change whose answer the caller never saw.
+        """
+        self._add_delay(method, seconds, times, bot, after_execute=after_execute)
 
     def hang_next(self, method: str, *, times: int = 1, bot: BotRef | None = None) -> None:
         """Never answer the next `times` calls of `method` (until reset/stop)."""
         self._add_delay(method, None, times, bot)
 
     def _add_delay(
-        self, method: str, seconds: float | None, times: int, bot: BotRef | None
+        self,
+        method: str,
+        seconds: float | None,
+        times: int,
+        bot: BotRef | None,
+        *,
+        after_execute: bool = False,
     ) -> None:
         with self._lock:
             bot_id = None if bot is None else self._state(bot).bot.bot_id
-            self._delays.append(ScriptedDelay(method.lower(), seconds, bot_id, times))
+            self._delays.append(
+                ScriptedDelay(method.lower(), seconds, bot_id, times, after_execute)
+            )
 
     def set_chat(
         self,

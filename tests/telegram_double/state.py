@@ -208,6 +208,9 @@ class ScriptedDelay:
     seconds: float | None
     bot_id: int | None
     remaining: int
+    # Carry the call out first and only then wait: the caller times out although
+    # Telegram applied the change (a lost answer).
+    after_execute: bool = False
 
 
 def update_kind(update: dict[str, Any]) -> str:
