@@ -110,8 +110,12 @@ def _shared_processors() -> list[Processor]:
     ]
 
 
-def configure_logging(*, json_output: bool, level: str = "INFO") -> None:
-    """Configure structlog and route the standard library (and uvicorn) through it."""
+def configure_logging(*, json_output: bool, level: str = "INFO", access_log: bool = True) -> None:
+    """Configure structlog and route the standard library (and uvicorn) through it.
+
+    `access_log=False` silences uvicorn's per-request lines: uvicorn writes them
+    whenever its access logger has a handler to reach, whatever its own flag says.
+    """
     renderer: Processor = (
         structlog.processors.JSONRenderer()
         if json_output
@@ -141,6 +145,8 @@ def configure_logging(*, json_output: bool, level: str = "INFO") -> None:
         uvicorn_logger.propagate = True
         uvicorn_logger.disabled = False
         uvicorn_logger.setLevel(logging.NOTSET)
+    if not access_log:
+        logging.getLogger("uvicorn.access").propagate = False
     # httpx logs every request URL at INFO (Telegram URLs carry the bot token);
     # aiosqlite logs every statement's parameters at DEBUG.
     for name in ("httpx", "httpcore", "aiosqlite", "alembic.runtime.plugins"):

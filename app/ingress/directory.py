@@ -65,16 +65,40 @@ class ConnectionDirectory:
         # Bumped by every invalidation: a load that started before one may have
         # read the old row and must not be cached.
         self._generation = 0
+        self._loading: dict[bytes, asyncio.Future[WebhookRoute | None]] = {}
 
     async def lookup(self, key: str) -> WebhookRoute | None:
-        """The live connection whose webhook key is `key`, or None."""
+        """The live connection whose webhook key is `key`, or None.
+
+        One load per key at a time: when an entry expires under load, one request
+        reloads it and the others keep using the expired entry meanwhile (or, for a
+        key never seen, wait for that one load) instead of all querying at once.
+        """
         digest = hashlib.sha256(key.encode()).digest()
         now = self._clock()
         cached = self._entries.get(digest)
         if cached is not None and cached[0] > now:
             return cached[1]
+        loading = self._loading.get(digest)
+        if loading is not None:
+            if cached is not None:
+                return cached[1]
+            return await asyncio.shield(loading)
+        loading = asyncio.get_running_loop().create_future()
+        self._loading[digest] = loading
         generation = self._generation
-        route = await self._load(key)
+        try:
+            route = await self._load(key)
+        except BaseException as exc:
+            # Waiting requests get an ordinary error even if this one was cancelled.
+            failure = exc if isinstance(exc, Exception) else RuntimeError("lookup interrupted")
+            loading.set_exception(failure)
+            # Retrieved here so a failure nobody waited for is not reported as lost.
+            loading.exception()
+            raise
+        finally:
+            self._loading.pop(digest, None)
+        loading.set_result(route)
         if generation == self._generation:
             if len(self._entries) >= MAX_ENTRIES:
                 self._entries.clear()
@@ -111,10 +135,11 @@ class ConnectionDirectory:
         if connection_id is None:
             self._entries.clear()
             return
+        # Unknown keys (None) go too: a key may have just become valid.
         stale = [
             digest
             for digest, (_, route) in self._entries.items()
-            if route is not None and route.connection_id == connection_id
+            if route is None or route.connection_id == connection_id
         ]
         for digest in stale:
             self._entries.pop(digest, None)

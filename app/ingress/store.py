@@ -9,11 +9,14 @@ inbox messages derived from them. Nothing is half-stored: it all commits or none
 update over and waits; a writer task takes whatever has queued up (up to a batch
 size) and stores it with one statement per table and one commit, then answers
 every waiting request. Under load the batches grow by themselves; when idle a
-batch is a single update, so no request waits for a timer. Core statements, not
-the ORM: the unit of work costs more than everything else on this path.
+batch is a single update, so no request waits for a timer.
 
-Rows of one statement are sorted by their conflict key, so two writers upserting
-the same contacts lock them in the same order and cannot deadlock.
+The statements (`app.ingress.statements`) are fixed text on PostgreSQL (arrays
+through `unnest`), so each is parsed and planned once per connection whatever the
+batch size; the ORM's unit of work, or a multi-row VALUES whose text changes with
+every batch size, would cost more than everything else on this path. Rows of one
+statement are sorted by their conflict key, so two writers upserting the same
+contacts lock them in the same order and cannot deadlock.
 """
 
 from __future__ import annotations
@@ -27,22 +30,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
-from sqlalchemy import Table, and_, literal_column
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as SATimeoutError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.db import new_id
-from app.ingress.models import Contact, Conversation, ConversationMessage, TelegramUpdate
+from app.ingress.statements import statements_for
 from app.telegram.updates import ParsedUpdate
 
 logger = structlog.get_logger("app.ingress")
-
-UPDATES: Table = TelegramUpdate.__table__  # type: ignore[assignment]
-CONTACTS: Table = Contact.__table__  # type: ignore[assignment]
-CONVERSATIONS: Table = Conversation.__table__  # type: ignore[assignment]
-MESSAGES: Table = ConversationMessage.__table__  # type: ignore[assignment]
 
 
 class StoreOutcome(enum.Enum):
@@ -64,11 +60,6 @@ class IncomingUpdate:
     received_at: datetime
 
 
-def _insert(connection: AsyncConnection, table: Table) -> Any:
-    dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
-    return dialect.insert(table)
-
-
 def _timestamp(seconds: int, fallback: datetime) -> datetime:
     """Telegram's unix date, or `fallback` when it is missing or out of range."""
     if seconds <= 0:
@@ -87,6 +78,10 @@ def _text(value: str | None, limit: int | None = None) -> str | None:
     return cleaned[:limit] if limit is not None else cleaned
 
 
+def _sorted(rows: dict[tuple[uuid.UUID, Any], dict[str, Any]]) -> list[dict[str, Any]]:
+    return [rows[key] for key in sorted(rows, key=lambda k: (str(k[0]), k[1]))]
+
+
 async def store_updates(
     connection: AsyncConnection, items: Sequence[IncomingUpdate], *, derive: bool = True
 ) -> list[StoreOutcome]:
@@ -96,12 +91,12 @@ async def store_updates(
     an update whose derived records the database refuses: the raw update is kept
     and acknowledged, so Telegram does not redeliver it for a day).
     """
+    statements = statements_for(connection)
     first_of: dict[tuple[uuid.UUID, int], int] = {}
     for index, item in enumerate(items):
         first_of.setdefault((item.connection_id, item.parsed.update_id), index)
-    unique = sorted(first_of.items(), key=lambda pair: (str(pair[0][0]), pair[0][1]))
-    rows = [
-        {
+    update_rows = {
+        key: {
             "id": new_id(),
             "workspace_id": items[index].workspace_id,
             "connection_id": items[index].connection_id,
@@ -111,18 +106,16 @@ async def store_updates(
             "payload": items[index].raw,
             "received_at": items[index].received_at,
         }
-        for _, index in unique
-    ]
-    stmt = (
-        _insert(connection, UPDATES)
-        .values(rows)
-        .on_conflict_do_nothing(index_elements=["connection_id", "update_id"])
-        .returning(UPDATES.c.connection_id, UPDATES.c.update_id)
-    )
-    inserted = {(row.connection_id, row.update_id) for row in await connection.execute(stmt)}
-    new_items = [items[index] for key, index in unique if key in inserted]
+        for key, index in first_of.items()
+    }
+    inserted = await statements.insert_updates(_sorted(update_rows))
+    new_items = [items[index] for key, index in first_of.items() if key in inserted]
     if new_items and derive:
-        await _derive(connection, new_items)
+        contact_ids = await statements.upsert_contacts(_contact_rows(new_items))
+        conversation_ids = await statements.upsert_conversations(_conversation_rows(new_items))
+        messages = _message_rows(new_items, contact_ids, conversation_ids)
+        if messages:
+            await statements.upsert_messages(messages)
     outcomes = []
     for index, item in enumerate(items):
         key = (item.connection_id, item.parsed.update_id)
@@ -131,15 +124,7 @@ async def store_updates(
     return outcomes
 
 
-async def _derive(connection: AsyncConnection, items: Sequence[IncomingUpdate]) -> None:
-    contact_ids = await _upsert_contacts(connection, items)
-    conversation_ids = await _upsert_conversations(connection, items)
-    await _upsert_messages(connection, items, contact_ids, conversation_ids)
-
-
-async def _upsert_contacts(
-    connection: AsyncConnection, items: Sequence[IncomingUpdate]
-) -> dict[tuple[uuid.UUID, int], uuid.UUID]:
+def _contact_rows(items: Sequence[IncomingUpdate]) -> list[dict[str, Any]]:
     latest: dict[tuple[uuid.UUID, int], dict[str, Any]] = {}
     for item in items:
         sender = item.parsed.sender
@@ -159,34 +144,10 @@ async def _upsert_contacts(
             "created_at": item.received_at,
             "last_seen_at": item.received_at,
         }
-    if not latest:
-        return {}
-    rows = [latest[key] for key in sorted(latest, key=lambda k: (str(k[0]), k[1]))]
-    insert = _insert(connection, CONTACTS)
-    excluded = insert.excluded
-    stmt = (
-        insert.values(rows)
-        .on_conflict_do_update(
-            index_elements=["connection_id", "telegram_chat_id"],
-            set_={
-                "telegram_username": excluded.telegram_username,
-                "first_name": excluded.first_name,
-                "last_name": excluded.last_name,
-                "title": excluded.title,
-                "is_bot": excluded.is_bot,
-                "is_chat": excluded.is_chat,
-                "last_seen_at": excluded.last_seen_at,
-            },
-        )
-        .returning(CONTACTS.c.id, CONTACTS.c.connection_id, CONTACTS.c.telegram_chat_id)
-    )
-    result = await connection.execute(stmt)
-    return {(row.connection_id, row.telegram_chat_id): row.id for row in result}
+    return _sorted(latest)
 
 
-async def _upsert_conversations(
-    connection: AsyncConnection, items: Sequence[IncomingUpdate]
-) -> dict[tuple[uuid.UUID, str], uuid.UUID]:
+def _conversation_rows(items: Sequence[IncomingUpdate]) -> list[dict[str, Any]]:
     latest: dict[tuple[uuid.UUID, str], dict[str, Any]] = {}
     for item in items:
         key, chat = item.parsed.conversation, item.parsed.chat
@@ -208,33 +169,14 @@ async def _upsert_conversations(
             "created_at": item.received_at,
             "last_activity_at": item.received_at,
         }
-    if not latest:
-        return {}
-    rows = [latest[key] for key in sorted(latest, key=lambda k: (str(k[0]), k[1]))]
-    insert = _insert(connection, CONVERSATIONS)
-    excluded = insert.excluded
-    stmt = (
-        insert.values(rows)
-        .on_conflict_do_update(
-            index_elements=["connection_id", "key"],
-            set_={
-                "title": excluded.title,
-                "chat_type": excluded.chat_type,
-                "last_activity_at": excluded.last_activity_at,
-            },
-        )
-        .returning(CONVERSATIONS.c.id, CONVERSATIONS.c.connection_id, CONVERSATIONS.c.key)
-    )
-    result = await connection.execute(stmt)
-    return {(row.connection_id, row.key): row.id for row in result}
+    return _sorted(latest)
 
 
-async def _upsert_messages(
-    connection: AsyncConnection,
+def _message_rows(
     items: Sequence[IncomingUpdate],
     contact_ids: dict[tuple[uuid.UUID, int], uuid.UUID],
     conversation_ids: dict[tuple[uuid.UUID, str], uuid.UUID],
-) -> None:
+) -> list[dict[str, Any]]:
     latest: dict[tuple[uuid.UUID, int], dict[str, Any]] = {}
     for item in items:
         parsed = item.parsed
@@ -261,22 +203,7 @@ async def _upsert_messages(
             "edited_at": item.received_at if message.edited else None,
             "received_at": item.received_at,
         }
-    if not latest:
-        return
-    rows = [latest[key] for key in sorted(latest, key=lambda k: (str(k[0]), k[1]))]
-    insert = _insert(connection, MESSAGES)
-    excluded = insert.excluded
-    # An edit replaces the text; a late copy of the original never undoes an edit.
-    stmt = insert.values(rows).on_conflict_do_update(
-        index_elements=["conversation_id", "direction", "telegram_message_id"],
-        set_={
-            "text": excluded.text,
-            "content_kind": excluded.content_kind,
-            "edited_at": excluded.edited_at,
-        },
-        where=and_(literal_column("excluded.edited_at").is_not(None)),
-    )
-    await connection.execute(stmt)
+    return _sorted(latest)
 
 
 @dataclass(slots=True)
@@ -344,7 +271,9 @@ class UpdateWriter:
         done: asyncio.Future[StoreOutcome] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Pending(item, done))
         try:
-            return await asyncio.wait_for(asyncio.shield(done), self._submit_timeout)
+            # On timeout `done` is cancelled; the writer skips cancelled futures.
+            async with asyncio.timeout(self._submit_timeout):
+                return await done
         except TimeoutError:
             raise StorageUnavailable("storing the update took too long") from None
 

@@ -1,0 +1,271 @@
+"""The four statements of update storage, per dialect.
+
+`PostgresStatements` sends fixed SQL with one array per column (`unnest`), so the
+text never changes with the batch size: PostgreSQL parses and plans each once per
+connection (asyncpg's prepared statement cache), and SQLAlchemy compiles nothing
+per batch. `PortableStatements` (the embedded SQLite default) builds the same
+upserts with SQLAlchemy's dialect `insert`; its volume is a laptop's.
+
+Both take rows as dicts keyed by column name and return what the next statement
+needs: the (connection, update_id) pairs actually inserted, and the ids of the
+contacts and conversations by their natural keys.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, Protocol
+
+from sqlalchemy import Table, and_, literal_column
+from sqlalchemy.dialects import sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from app.ingress.models import Contact, Conversation, ConversationMessage, TelegramUpdate
+
+UPDATES: Table = TelegramUpdate.__table__  # type: ignore[assignment]
+CONTACTS: Table = Contact.__table__  # type: ignore[assignment]
+CONVERSATIONS: Table = Conversation.__table__  # type: ignore[assignment]
+MESSAGES: Table = ConversationMessage.__table__  # type: ignore[assignment]
+
+UpdateKey = tuple[uuid.UUID, int]
+ContactKey = tuple[uuid.UUID, int]
+ConversationKeyPair = tuple[uuid.UUID, str]
+
+
+class Statements(Protocol):
+    async def insert_updates(self, rows: list[dict[str, Any]]) -> set[UpdateKey]: ...
+
+    async def upsert_contacts(self, rows: list[dict[str, Any]]) -> dict[ContactKey, uuid.UUID]: ...
+
+    async def upsert_conversations(
+        self, rows: list[dict[str, Any]]
+    ) -> dict[ConversationKeyPair, uuid.UUID]: ...
+
+    async def upsert_messages(self, rows: list[dict[str, Any]]) -> None: ...
+
+
+def statements_for(connection: AsyncConnection) -> Statements:
+    if connection.dialect.name == "postgresql":
+        return PostgresStatements(connection)
+    return PortableStatements(connection)
+
+
+def _columns(rows: list[dict[str, Any]], names: tuple[str, ...]) -> tuple[list[Any], ...]:
+    return tuple([row[name] for row in rows] for name in names)
+
+
+# -- PostgreSQL: fixed text, arrays through unnest ------------------------------------
+
+_UPDATE_COLUMNS = (
+    "id",
+    "workspace_id",
+    "connection_id",
+    "update_id",
+    "kind",
+    "source",
+    "payload",
+    "received_at",
+)
+_INSERT_UPDATES = """
+INSERT INTO telegram_updates
+    (id, workspace_id, connection_id, update_id, kind, source, payload, received_at)
+SELECT * FROM unnest(
+    $1::uuid[], $2::uuid[], $3::uuid[], $4::bigint[], $5::varchar[], $6::varchar[],
+    $7::text[], $8::timestamptz[])
+ON CONFLICT (connection_id, update_id) DO NOTHING
+RETURNING connection_id, update_id
+"""
+
+_CONTACT_COLUMNS = (
+    "id",
+    "workspace_id",
+    "connection_id",
+    "telegram_chat_id",
+    "telegram_username",
+    "first_name",
+    "last_name",
+    "title",
+    "is_bot",
+    "is_chat",
+    "created_at",
+    "last_seen_at",
+)
+_UPSERT_CONTACTS = """
+INSERT INTO contacts
+    (id, workspace_id, connection_id, telegram_chat_id, telegram_username, first_name,
+     last_name, title, is_bot, is_chat, created_at, last_seen_at)
+SELECT * FROM unnest(
+    $1::uuid[], $2::uuid[], $3::uuid[], $4::bigint[], $5::varchar[], $6::varchar[],
+    $7::varchar[], $8::varchar[], $9::boolean[], $10::boolean[], $11::timestamptz[],
+    $12::timestamptz[])
+ON CONFLICT (connection_id, telegram_chat_id) DO UPDATE SET
+    telegram_username = excluded.telegram_username,
+    first_name = excluded.first_name,
+    last_name = excluded.last_name,
+    title = excluded.title,
+    is_bot = excluded.is_bot,
+    is_chat = excluded.is_chat,
+    last_seen_at = excluded.last_seen_at
+RETURNING id, connection_id, telegram_chat_id
+"""
+
+_CONVERSATION_COLUMNS = (
+    "id",
+    "workspace_id",
+    "connection_id",
+    "key",
+    "chat_id",
+    "chat_type",
+    "title",
+    "business_connection_id",
+    "thread_id",
+    "direct_messages_topic_id",
+    "created_at",
+    "last_activity_at",
+)
+_UPSERT_CONVERSATIONS = """
+INSERT INTO conversations
+    (id, workspace_id, connection_id, key, chat_id, chat_type, title,
+     business_connection_id, thread_id, direct_messages_topic_id, created_at,
+     last_activity_at)
+SELECT * FROM unnest(
+    $1::uuid[], $2::uuid[], $3::uuid[], $4::varchar[], $5::bigint[], $6::varchar[],
+    $7::varchar[], $8::varchar[], $9::bigint[], $10::bigint[], $11::timestamptz[],
+    $12::timestamptz[])
+ON CONFLICT (connection_id, key) DO UPDATE SET
+    title = excluded.title,
+    chat_type = excluded.chat_type,
+    last_activity_at = excluded.last_activity_at
+RETURNING id, connection_id, key
+"""
+
+_MESSAGE_COLUMNS = (
+    "id",
+    "workspace_id",
+    "connection_id",
+    "conversation_id",
+    "direction",
+    "telegram_message_id",
+    "sender_contact_id",
+    "content_kind",
+    "text",
+    "sent_at",
+    "edited_at",
+    "received_at",
+)
+# An edit replaces the text; a late copy of the original never undoes an edit.
+_UPSERT_MESSAGES = """
+INSERT INTO conversation_messages
+    (id, workspace_id, connection_id, conversation_id, direction, telegram_message_id,
+     sender_contact_id, content_kind, text, sent_at, edited_at, received_at)
+SELECT * FROM unnest(
+    $1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::varchar[], $6::bigint[],
+    $7::uuid[], $8::varchar[], $9::text[], $10::timestamptz[], $11::timestamptz[],
+    $12::timestamptz[])
+ON CONFLICT (conversation_id, direction, telegram_message_id) DO UPDATE SET
+    text = excluded.text,
+    content_kind = excluded.content_kind,
+    edited_at = excluded.edited_at
+WHERE excluded.edited_at IS NOT NULL
+"""
+
+
+class PostgresStatements:
+    def __init__(self, connection: AsyncConnection) -> None:
+        self._connection = connection
+
+    async def _run(self, sql: str, rows: list[dict[str, Any]], names: tuple[str, ...]) -> Any:
+        return await self._connection.exec_driver_sql(sql, _columns(rows, names))
+
+    async def insert_updates(self, rows: list[dict[str, Any]]) -> set[UpdateKey]:
+        result = await self._run(_INSERT_UPDATES, rows, _UPDATE_COLUMNS)
+        return {(row[0], row[1]) for row in result}
+
+    async def upsert_contacts(self, rows: list[dict[str, Any]]) -> dict[ContactKey, uuid.UUID]:
+        if not rows:
+            return {}
+        result = await self._run(_UPSERT_CONTACTS, rows, _CONTACT_COLUMNS)
+        return {(row[1], row[2]): row[0] for row in result}
+
+    async def upsert_conversations(
+        self, rows: list[dict[str, Any]]
+    ) -> dict[ConversationKeyPair, uuid.UUID]:
+        if not rows:
+            return {}
+        result = await self._run(_UPSERT_CONVERSATIONS, rows, _CONVERSATION_COLUMNS)
+        return {(row[1], row[2]): row[0] for row in result}
+
+    async def upsert_messages(self, rows: list[dict[str, Any]]) -> None:
+        await self._run(_UPSERT_MESSAGES, rows, _MESSAGE_COLUMNS)
+
+
+# -- Portable (SQLite): SQLAlchemy's dialect insert ----------------------------------
+
+
+class PortableStatements:
+    def __init__(self, connection: AsyncConnection) -> None:
+        self._connection = connection
+
+    async def insert_updates(self, rows: list[dict[str, Any]]) -> set[UpdateKey]:
+        stmt = (
+            sqlite.insert(UPDATES)
+            .values(rows)
+            .on_conflict_do_nothing(index_elements=["connection_id", "update_id"])
+            .returning(UPDATES.c.connection_id, UPDATES.c.update_id)
+        )
+        return {(row.connection_id, row.update_id) for row in await self._connection.execute(stmt)}
+
+    async def upsert_contacts(self, rows: list[dict[str, Any]]) -> dict[ContactKey, uuid.UUID]:
+        if not rows:
+            return {}
+        insert = sqlite.insert(CONTACTS)
+        excluded = insert.excluded
+        stmt = (
+            insert.values(rows)
+            .on_conflict_do_update(
+                index_elements=["connection_id", "telegram_chat_id"],
+                set_={
+                    name: excluded[name]
+                    for name in (
+                        "telegram_username",
+                        "first_name",
+                        "last_name",
+                        "title",
+                        "is_bot",
+                        "is_chat",
+                        "last_seen_at",
+                    )
+                },
+            )
+            .returning(CONTACTS.c.id, CONTACTS.c.connection_id, CONTACTS.c.telegram_chat_id)
+        )
+        result = await self._connection.execute(stmt)
+        return {(row.connection_id, row.telegram_chat_id): row.id for row in result}
+
+    async def upsert_conversations(
+        self, rows: list[dict[str, Any]]
+    ) -> dict[ConversationKeyPair, uuid.UUID]:
+        if not rows:
+            return {}
+        insert = sqlite.insert(CONVERSATIONS)
+        excluded = insert.excluded
+        stmt = (
+            insert.values(rows)
+            .on_conflict_do_update(
+                index_elements=["connection_id", "key"],
+                set_={name: excluded[name] for name in ("title", "chat_type", "last_activity_at")},
+            )
+            .returning(CONVERSATIONS.c.id, CONVERSATIONS.c.connection_id, CONVERSATIONS.c.key)
+        )
+        result = await self._connection.execute(stmt)
+        return {(row.connection_id, row.key): row.id for row in result}
+
+    async def upsert_messages(self, rows: list[dict[str, Any]]) -> None:
+        insert = sqlite.insert(MESSAGES)
+        excluded = insert.excluded
+        stmt = insert.values(rows).on_conflict_do_update(
+            index_elements=["conversation_id", "direction", "telegram_message_id"],
+            set_={name: excluded[name] for name in ("text", "content_kind", "edited_at")},
+            where=and_(literal_column("excluded.edited_at").is_not(None)),
+        )
+        await self._connection.execute(stmt)
