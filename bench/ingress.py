@@ -336,9 +336,8 @@ def service_settings(fixture: Fixture, port: int, log_level: str = "WARNING") ->
     """The environment of our service process (read by app.config.Settings)."""
     return {
         "APP_ENV": "production",
-        # app.logging.configure_logging routes uvicorn's loggers to its own handler,
-        # which turns uvicorn's access log back on despite --no-access-log; only the
-        # level keeps it quiet (see --service-log-level).
+        # ACCESS_LOG is off by default (see .env.example); --service-log-level sets
+        # the level of everything else.
         "LOG_LEVEL": log_level,
         "DATABASE_URL": fixture.database_url,
         "REDIS_URL": fixture.redis_url,
@@ -648,7 +647,8 @@ def build_server(
     if name == "ours":
         assert fixture is not None
         env.update(service_settings(fixture, port, service_log_level))
-        argv = uvicorn_argv("app.main:create_app", port, "--factory")
+        # The production command: one uvicorn process, uvloop and httptools.
+        argv = [sys.executable, "-m", "app", "serve", "--host", "127.0.0.1", "--port", str(port)]
         secret, key = fixture.secret, fixture.key
     elif name == "bare":
         argv = uvicorn_argv("bare_app:app", port, "--app-dir", str(BENCH_DIR))

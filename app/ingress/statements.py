@@ -6,9 +6,9 @@ connection (asyncpg's prepared statement cache), and SQLAlchemy compiles nothing
 per batch. `PortableStatements` (the embedded SQLite default) builds the same
 upserts with SQLAlchemy's dialect `insert`; its volume is a laptop's.
 
-Both take rows as dicts keyed by column name and return what the next statement
-needs: the (connection, update_id) pairs actually inserted, and the ids of the
-contacts and conversations by their natural keys.
+Both take rows as dicts keyed by column name; `insert_updates` returns the
+(connection, update_id) pairs actually inserted. Contact and conversation ids are
+derived from their natural keys by the caller, so the upserts return nothing.
 """
 
 from __future__ import annotations
@@ -28,18 +28,14 @@ CONVERSATIONS: Table = Conversation.__table__  # type: ignore[assignment]
 MESSAGES: Table = ConversationMessage.__table__  # type: ignore[assignment]
 
 UpdateKey = tuple[uuid.UUID, int]
-ContactKey = tuple[uuid.UUID, int]
-ConversationKeyPair = tuple[uuid.UUID, str]
 
 
 class Statements(Protocol):
     async def insert_updates(self, rows: list[dict[str, Any]]) -> set[UpdateKey]: ...
 
-    async def upsert_contacts(self, rows: list[dict[str, Any]]) -> dict[ContactKey, uuid.UUID]: ...
+    async def upsert_contacts(self, rows: list[dict[str, Any]]) -> None: ...
 
-    async def upsert_conversations(
-        self, rows: list[dict[str, Any]]
-    ) -> dict[ConversationKeyPair, uuid.UUID]: ...
+    async def upsert_conversations(self, rows: list[dict[str, Any]]) -> None: ...
 
     async def upsert_messages(self, rows: list[dict[str, Any]]) -> None: ...
 
@@ -106,7 +102,12 @@ ON CONFLICT (connection_id, telegram_chat_id) DO UPDATE SET
     is_bot = excluded.is_bot,
     is_chat = excluded.is_chat,
     last_seen_at = excluded.last_seen_at
-RETURNING id, connection_id, telegram_chat_id
+WHERE (contacts.telegram_username, contacts.first_name, contacts.last_name, contacts.title,
+       contacts.is_bot, contacts.is_chat)
+      IS DISTINCT FROM
+      (excluded.telegram_username, excluded.first_name, excluded.last_name, excluded.title,
+       excluded.is_bot, excluded.is_chat)
+   OR contacts.last_seen_at < excluded.last_seen_at - interval '10 seconds'
 """
 
 _CONVERSATION_COLUMNS = (
@@ -136,7 +137,9 @@ ON CONFLICT (connection_id, key) DO UPDATE SET
     title = excluded.title,
     chat_type = excluded.chat_type,
     last_activity_at = excluded.last_activity_at
-RETURNING id, connection_id, key
+WHERE (conversations.title, conversations.chat_type)
+      IS DISTINCT FROM (excluded.title, excluded.chat_type)
+   OR conversations.last_activity_at < excluded.last_activity_at - interval '10 seconds'
 """
 
 _MESSAGE_COLUMNS = (
@@ -181,19 +184,11 @@ class PostgresStatements:
         result = await self._run(_INSERT_UPDATES, rows, _UPDATE_COLUMNS)
         return {(row[0], row[1]) for row in result}
 
-    async def upsert_contacts(self, rows: list[dict[str, Any]]) -> dict[ContactKey, uuid.UUID]:
-        if not rows:
-            return {}
-        result = await self._run(_UPSERT_CONTACTS, rows, _CONTACT_COLUMNS)
-        return {(row[1], row[2]): row[0] for row in result}
+    async def upsert_contacts(self, rows: list[dict[str, Any]]) -> None:
+        await self._run(_UPSERT_CONTACTS, rows, _CONTACT_COLUMNS)
 
-    async def upsert_conversations(
-        self, rows: list[dict[str, Any]]
-    ) -> dict[ConversationKeyPair, uuid.UUID]:
-        if not rows:
-            return {}
-        result = await self._run(_UPSERT_CONVERSATIONS, rows, _CONVERSATION_COLUMNS)
-        return {(row[1], row[2]): row[0] for row in result}
+    async def upsert_conversations(self, rows: list[dict[str, Any]]) -> None:
+        await self._run(_UPSERT_CONVERSATIONS, rows, _CONVERSATION_COLUMNS)
 
     async def upsert_messages(self, rows: list[dict[str, Any]]) -> None:
         await self._run(_UPSERT_MESSAGES, rows, _MESSAGE_COLUMNS)
@@ -215,50 +210,34 @@ class PortableStatements:
         )
         return {(row.connection_id, row.update_id) for row in await self._connection.execute(stmt)}
 
-    async def upsert_contacts(self, rows: list[dict[str, Any]]) -> dict[ContactKey, uuid.UUID]:
-        if not rows:
-            return {}
+    async def upsert_contacts(self, rows: list[dict[str, Any]]) -> None:
         insert = sqlite.insert(CONTACTS)
         excluded = insert.excluded
-        stmt = (
-            insert.values(rows)
-            .on_conflict_do_update(
-                index_elements=["connection_id", "telegram_chat_id"],
-                set_={
-                    name: excluded[name]
-                    for name in (
-                        "telegram_username",
-                        "first_name",
-                        "last_name",
-                        "title",
-                        "is_bot",
-                        "is_chat",
-                        "last_seen_at",
-                    )
-                },
-            )
-            .returning(CONTACTS.c.id, CONTACTS.c.connection_id, CONTACTS.c.telegram_chat_id)
+        stmt = insert.values(rows).on_conflict_do_update(
+            index_elements=["connection_id", "telegram_chat_id"],
+            set_={
+                name: excluded[name]
+                for name in (
+                    "telegram_username",
+                    "first_name",
+                    "last_name",
+                    "title",
+                    "is_bot",
+                    "is_chat",
+                    "last_seen_at",
+                )
+            },
         )
-        result = await self._connection.execute(stmt)
-        return {(row.connection_id, row.telegram_chat_id): row.id for row in result}
+        await self._connection.execute(stmt)
 
-    async def upsert_conversations(
-        self, rows: list[dict[str, Any]]
-    ) -> dict[ConversationKeyPair, uuid.UUID]:
-        if not rows:
-            return {}
+    async def upsert_conversations(self, rows: list[dict[str, Any]]) -> None:
         insert = sqlite.insert(CONVERSATIONS)
         excluded = insert.excluded
-        stmt = (
-            insert.values(rows)
-            .on_conflict_do_update(
-                index_elements=["connection_id", "key"],
-                set_={name: excluded[name] for name in ("title", "chat_type", "last_activity_at")},
-            )
-            .returning(CONVERSATIONS.c.id, CONVERSATIONS.c.connection_id, CONVERSATIONS.c.key)
+        stmt = insert.values(rows).on_conflict_do_update(
+            index_elements=["connection_id", "key"],
+            set_={name: excluded[name] for name in ("title", "chat_type", "last_activity_at")},
         )
-        result = await self._connection.execute(stmt)
-        return {(row.connection_id, row.key): row.id for row in result}
+        await self._connection.execute(stmt)
 
     async def upsert_messages(self, rows: list[dict[str, Any]]) -> None:
         insert = sqlite.insert(MESSAGES)

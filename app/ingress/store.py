@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -82,6 +84,52 @@ def _sorted(rows: dict[tuple[uuid.UUID, Any], dict[str, Any]]) -> list[dict[str,
     return [rows[key] for key in sorted(rows, key=lambda k: (str(k[0]), k[1]))]
 
 
+# Contacts and conversations get ids derived from their natural keys, so a message
+# row can name its contact and conversation without a round trip to learn them.
+_ID_NAMESPACE = uuid.UUID("6f1c2a52-3d0e-4c55-9a43-2b7c51f0e7a1")
+
+
+@functools.lru_cache(maxsize=65536)
+def contact_id(connection_id: uuid.UUID, telegram_chat_id: int) -> uuid.UUID:
+    return uuid.uuid5(_ID_NAMESPACE, f"contact:{connection_id}:{telegram_chat_id}")
+
+
+@functools.lru_cache(maxsize=65536)
+def conversation_id(connection_id: uuid.UUID, key: str) -> uuid.UUID:
+    return uuid.uuid5(_ID_NAMESPACE, f"conversation:{connection_id}:{key}")
+
+
+class RecentlyWritten:
+    """Contacts and conversations this process wrote moments ago, as it wrote them.
+
+    A busy chat sends the same sender and chat in update after update; rewriting
+    those rows each time costs more than storing the update itself and makes
+    concurrent batches wait on each other's row locks. A row whose fields are as
+    this process last committed them, less than `freshness` seconds ago, is not
+    written again (its activity time is then at most that much behind). Only
+    committed rows are remembered, so a message never names a contact or
+    conversation that does not exist; `forget()` empties it after any failure.
+    """
+
+    def __init__(self, freshness: float = 10.0, max_entries: int = 100_000) -> None:
+        self._freshness = freshness
+        self._max_entries = max_entries
+        self._rows: dict[uuid.UUID, tuple[tuple[Any, ...], float]] = {}
+
+    def is_fresh(self, row_id: uuid.UUID, fingerprint: tuple[Any, ...], now: float) -> bool:
+        known = self._rows.get(row_id)
+        return known is not None and known[0] == fingerprint and now - known[1] < self._freshness
+
+    def remember(self, written: list[tuple[uuid.UUID, tuple[Any, ...]]], now: float) -> None:
+        if len(self._rows) + len(written) > self._max_entries:
+            self._rows.clear()
+        for row_id, fingerprint in written:
+            self._rows[row_id] = (fingerprint, now)
+
+    def forget(self) -> None:
+        self._rows.clear()
+
+
 async def store_updates(
     connection: AsyncConnection, items: Sequence[IncomingUpdate], *, derive: bool = True
 ) -> list[StoreOutcome]:
@@ -90,6 +138,22 @@ async def store_updates(
     With `derive=False` only the updates themselves are stored (the last resort for
     an update whose derived records the database refuses: the raw update is kept
     and acknowledged, so Telegram does not redeliver it for a day).
+    """
+    outcomes, _ = await store_batch(connection, items, derive=derive)
+    return outcomes
+
+
+async def store_batch(
+    connection: AsyncConnection,
+    items: Sequence[IncomingUpdate],
+    *,
+    derive: bool = True,
+    recent: RecentlyWritten | None = None,
+) -> tuple[list[StoreOutcome], list[tuple[uuid.UUID, tuple[Any, ...]]]]:
+    """`store_updates`, skipping rows `recent` knows are already written.
+
+    Also returns the contact and conversation rows written, for
+    `recent.remember()` once the transaction has committed.
     """
     statements = statements_for(connection)
     first_of: dict[tuple[uuid.UUID, int], int] = {}
@@ -110,18 +174,56 @@ async def store_updates(
     }
     inserted = await statements.insert_updates(_sorted(update_rows))
     new_items = [items[index] for key, index in first_of.items() if key in inserted]
+    written: list[tuple[uuid.UUID, tuple[Any, ...]]] = []
     if new_items and derive:
-        contact_ids = await statements.upsert_contacts(_contact_rows(new_items))
-        conversation_ids = await statements.upsert_conversations(_conversation_rows(new_items))
-        messages = _message_rows(new_items, contact_ids, conversation_ids)
+        now = time.monotonic()
+        contacts = _unless_fresh(_contact_rows(new_items), _CONTACT_FINGERPRINT, recent, now)
+        conversations = _unless_fresh(
+            _conversation_rows(new_items), _CONVERSATION_FINGERPRINT, recent, now
+        )
+        if contacts:
+            await statements.upsert_contacts(contacts)
+        if conversations:
+            await statements.upsert_conversations(conversations)
+        messages = _message_rows(new_items)
         if messages:
             await statements.upsert_messages(messages)
+        written = [(row["id"], _fingerprint(row, _CONTACT_FINGERPRINT)) for row in contacts]
+        written += [
+            (row["id"], _fingerprint(row, _CONVERSATION_FINGERPRINT)) for row in conversations
+        ]
     outcomes = []
     for index, item in enumerate(items):
         key = (item.connection_id, item.parsed.update_id)
         is_new = key in inserted and first_of[key] == index
         outcomes.append(StoreOutcome.stored if is_new else StoreOutcome.duplicate)
-    return outcomes
+    return outcomes, written
+
+
+_CONTACT_FINGERPRINT = (
+    "telegram_username",
+    "first_name",
+    "last_name",
+    "title",
+    "is_bot",
+    "is_chat",
+)
+_CONVERSATION_FINGERPRINT = ("title", "chat_type")
+
+
+def _fingerprint(row: dict[str, Any], fields: tuple[str, ...]) -> tuple[Any, ...]:
+    return tuple(row[name] for name in fields)
+
+
+def _unless_fresh(
+    rows: list[dict[str, Any]],
+    fields: tuple[str, ...],
+    recent: RecentlyWritten | None,
+    now: float,
+) -> list[dict[str, Any]]:
+    if recent is None:
+        return rows
+    return [row for row in rows if not recent.is_fresh(row["id"], _fingerprint(row, fields), now)]
 
 
 def _contact_rows(items: Sequence[IncomingUpdate]) -> list[dict[str, Any]]:
@@ -131,7 +233,7 @@ def _contact_rows(items: Sequence[IncomingUpdate]) -> list[dict[str, Any]]:
         if sender is None:
             continue
         latest[(item.connection_id, sender.id)] = {
-            "id": new_id(),
+            "id": contact_id(item.connection_id, sender.id),
             "workspace_id": item.workspace_id,
             "connection_id": item.connection_id,
             "telegram_chat_id": sender.id,
@@ -156,7 +258,7 @@ def _conversation_rows(items: Sequence[IncomingUpdate]) -> list[dict[str, Any]]:
         encoded = key.encode()
         names = " ".join(part for part in (chat.first_name, chat.last_name) if part)
         latest[(item.connection_id, encoded)] = {
-            "id": new_id(),
+            "id": conversation_id(item.connection_id, encoded),
             "workspace_id": item.workspace_id,
             "connection_id": item.connection_id,
             "key": encoded,
@@ -172,31 +274,23 @@ def _conversation_rows(items: Sequence[IncomingUpdate]) -> list[dict[str, Any]]:
     return _sorted(latest)
 
 
-def _message_rows(
-    items: Sequence[IncomingUpdate],
-    contact_ids: dict[tuple[uuid.UUID, int], uuid.UUID],
-    conversation_ids: dict[tuple[uuid.UUID, str], uuid.UUID],
-) -> list[dict[str, Any]]:
+def _message_rows(items: Sequence[IncomingUpdate]) -> list[dict[str, Any]]:
     latest: dict[tuple[uuid.UUID, int], dict[str, Any]] = {}
     for item in items:
         parsed = item.parsed
-        if parsed.message is None or parsed.conversation is None:
+        if parsed.message is None or parsed.conversation is None or parsed.chat is None:
             continue
-        conversation_id = conversation_ids.get((item.connection_id, parsed.conversation.encode()))
-        if conversation_id is None:
-            continue
-        sender_id = (
-            contact_ids.get((item.connection_id, parsed.sender.id)) if parsed.sender else None
-        )
+        conversation = conversation_id(item.connection_id, parsed.conversation.encode())
+        sender = contact_id(item.connection_id, parsed.sender.id) if parsed.sender else None
         message = parsed.message
-        latest[(conversation_id, message.message_id)] = {
+        latest[(conversation, message.message_id)] = {
             "id": new_id(),
             "workspace_id": item.workspace_id,
             "connection_id": item.connection_id,
-            "conversation_id": conversation_id,
+            "conversation_id": conversation,
             "direction": "inbound",
             "telegram_message_id": message.message_id,
-            "sender_contact_id": sender_id,
+            "sender_contact_id": sender,
             "content_kind": _text(message.kind, 64),
             "text": _text(message.text),
             "sent_at": _timestamp(message.date, item.received_at),
@@ -242,6 +336,7 @@ class UpdateWriter:
         self._writers = 1 if engine.dialect.name == "sqlite" else max(1, writers)
         self._tasks: list[asyncio.Task[None]] = []
         self._accepting = False
+        self._recent = RecentlyWritten()
 
     def start(self) -> None:
         if not self._tasks:
@@ -296,6 +391,7 @@ class UpdateWriter:
         try:
             outcomes = await self._store([p.item for p in batch])
         except Exception as exc:
+            self._recent.forget()
             if _is_outage(exc) or len(batch) == 1:
                 self._fail(batch, exc)
                 return
@@ -331,7 +427,11 @@ class UpdateWriter:
         self, items: list[IncomingUpdate], *, derive: bool = True
     ) -> list[StoreOutcome]:
         async with self._engine.begin() as connection:
-            return await store_updates(connection, items, derive=derive)
+            outcomes, written = await store_batch(
+                connection, items, derive=derive, recent=self._recent
+            )
+        self._recent.remember(written, time.monotonic())
+        return outcomes
 
     def _fail(self, batch: list[_Pending], exc: BaseException) -> None:
         logger.error(

@@ -165,3 +165,31 @@ async def test_a_batch_with_an_update_the_database_refuses_stores_the_rest(
     assert stored == [1, 2, 3]
     # The refused update is kept raw; the others have their inbox message.
     assert len(messages) == 1  # 1 and 3 share a chat and message id: one inbox row
+
+
+async def test_a_renamed_sender_is_updated_at_once_despite_the_write_cache(
+    app_client: Any,
+    workspace: WorkspaceFixture,
+    telegram_double: TelegramDouble,
+    db_session_factory: async_sessionmaker[AsyncSession],
+) -> None:
+    """Unchanged contacts are not rewritten for a few seconds; changed ones always are."""
+    from app.ingress.models import Contact
+
+    bot, _ = await connect_bot(app_client, workspace, telegram_double)
+    key, secret = webhook_credentials(telegram_double, bot)
+    sample = load_update("01_message")
+    renamed_from = {**sample["message"]["from"], "username": "renamed_user"}
+    second = {
+        "update_id": sample["update_id"] + 1,
+        "message": {**sample["message"], "message_id": 1, "from": renamed_from},
+    }
+    third = {**second, "update_id": sample["update_id"] + 2}
+    for body in (sample, second, third):
+        assert (await post_update(app_client, key, secret, body)).status_code == 200
+    async with db_session_factory() as session:
+        (contact,) = (await session.execute(select(Contact))).scalars().all()
+        messages = (await session.execute(select(ConversationMessage))).scalars().all()
+    assert contact.telegram_username == "renamed_user"
+    assert {m.sender_contact_id for m in messages} == {contact.id}
+    assert len(messages) == 2
