@@ -33,10 +33,11 @@ class Settings(BaseSettings):
     access_log: bool = False
     data_dir: Path = DEFAULT_DATA_DIR
 
-    # Unset: a SQLite file under data_dir (the embedded default).
-    database_url: str | None = None
+    # Unset: a SQLite file under data_dir (the embedded default). Kept out of
+    # repr(): these URLs may carry passwords.
+    database_url: str | None = Field(default=None, repr=False)
     # Unset: an in-process rate limiter, which is not shared between replicas.
-    redis_url: str | None = None
+    redis_url: str | None = Field(default=None, repr=False)
 
     # "key_id:base64url-32-bytes,..." with the primary first. Unset in development:
     # a key file is generated under data_dir.

@@ -101,7 +101,9 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
         title="Workspace integrations",
         version="0.1.0",
         lifespan=lifespan,
-        docs_url="/docs",
+        # The interactive docs describe every endpoint; not public in production.
+        docs_url=None if settings.is_production else "/docs",
+        openapi_url=None if settings.is_production else "/openapi.json",
         redoc_url=None,
     )
     app.state.settings = settings

@@ -93,3 +93,28 @@ async def test_unexpected_error_is_500_without_internals_and_logged_with_request
     failures = [line for line in lines if line.get("event") == "unhandled_error"]
     assert failures and failures[0]["request_id"] == "rid-42"
     assert BOT_TOKEN not in err
+
+
+def test_settings_repr_hides_connection_urls(tmp_path: Path) -> None:
+    from tests.conftest import make_settings
+
+    settings = make_settings(
+        tmp_path,
+        "postgresql+asyncpg://svc:hunter2@db.internal/integrations",
+        redis_url="redis://:s3cret@cache.internal:6379/0",
+    )
+    text = repr(settings)
+    assert "hunter2" not in text and "s3cret" not in text
+    assert "vault_keys" in text and "A" * 42 not in text
+
+
+async def test_production_does_not_serve_the_interactive_docs(
+    settings: Settings, db_session_factory: object
+) -> None:
+    production = settings.model_copy(update={"app_env": "production"})
+    async with running_app(production) as (_app, client):
+        assert (await client.get("/docs")).status_code == 404
+        assert (await client.get("/openapi.json")).status_code == 404
+        assert (await client.get("/health")).status_code == 200
+    async with running_app(settings) as (_app, client):
+        assert (await client.get("/openapi.json")).status_code == 200
