@@ -1,6 +1,6 @@
 """The `integrations` command (also `python -m app`).
 
-Commands: serve, migrate, workspace create, vault status|rotate|generate-key.
+Commands: serve, worker, migrate, workspace create, vault status|rotate|generate-key.
 Errors go to stderr with a non-zero exit status.
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -32,6 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
 
+    commands.add_parser("worker", help="run the worker: long-polling ingestion and housekeeping")
     commands.add_parser("migrate", help="apply database migrations")
 
     workspace = commands.add_parser("workspace", help="manage workspaces")
@@ -64,7 +66,27 @@ def _serve(settings: Settings, host: str, port: int) -> int:
     load_keyring(settings)
     app = create_app(settings)
     # log_config=None: keep our structlog pipeline (and its redaction) for uvicorn's lines.
-    uvicorn.run(app, host=host, port=port, log_config=None, proxy_headers=False)
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=settings.access_log,
+        proxy_headers=False,
+    )
+    return 0
+
+
+async def _worker(settings: Settings) -> int:
+    from app.vault import load_keyring
+    from app.worker import run_worker
+
+    load_keyring(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await run_worker(settings, stop=stop)
     return 0
 
 
@@ -137,10 +159,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValidationError as exc:
         print(f"integrations: invalid configuration: {redact_text(str(exc))}", file=sys.stderr)
         return 2
-    configure_logging(json_output=settings.is_production, level=settings.log_level)
+    configure_logging(
+        json_output=settings.is_production,
+        level=settings.log_level,
+        access_log=settings.access_log,
+    )
     try:
         if args.command == "serve":
             return _serve(settings, args.host, args.port)
+        if args.command == "worker":
+            return asyncio.run(_worker(settings))
         if args.command == "migrate":
             return _migrate(settings)
         if args.command == "workspace":

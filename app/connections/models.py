@@ -86,6 +86,9 @@ class TelegramConnection(Base):
 
     # Long-polling mode: the next getUpdates offset, advanced only after storage.
     polling_offset: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # The worker replica allowed to poll this bot, and until when (see app/ingress/polling.py).
+    poll_owner: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    poll_lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)

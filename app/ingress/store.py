@@ -392,7 +392,7 @@ class UpdateWriter:
             outcomes = await self._store([p.item for p in batch])
         except Exception as exc:
             self._recent.forget()
-            if _is_outage(exc) or len(batch) == 1:
+            if is_outage(exc) or len(batch) == 1:
                 self._fail(batch, exc)
                 return
             # A data error: find the item(s) the database refuses, so one bad
@@ -409,7 +409,7 @@ class UpdateWriter:
             try:
                 (outcome,) = await self._store([pending.item], derive=derive)
             except Exception as exc:
-                if _is_outage(exc) or not derive:
+                if is_outage(exc) or not derive:
                     self._fail([pending], exc)
                     return
                 logger.warning(
@@ -445,7 +445,7 @@ class UpdateWriter:
                 pending.done.set_exception(StorageUnavailable(type(exc).__name__))
 
 
-def _is_outage(exc: BaseException) -> bool:
+def is_outage(exc: BaseException) -> bool:
     """Whether the database is unreachable (as opposed to refusing this data)."""
     if isinstance(exc, OSError | TimeoutError | ConnectionError):
         return True

@@ -1,0 +1,150 @@
+"""The worker process (`integrations worker`): long-polling ingestion and housekeeping.
+
+`run_worker` opens the runtime and, every `refresh_interval`, reconciles the
+pollers with the database (see `PollerSupervisor`: live polling-mode connections
+are polled, deleted or switched-to-webhook ones stop being polled) and runs the
+housekeeping. Any number of replicas may run: leases keep each bot with one poller.
+
+Stopping: setting `stop` (the CLI wires SIGTERM and SIGINT to it) lets every
+poller finish the batch it is storing, then releases the leases so another
+replica takes over at once. Cancelling the task instead is a hard stop: stores in
+progress roll back (which loses nothing: their updates were not confirmed to
+Telegram) and the leases are still released where possible.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import socket
+import uuid
+from datetime import datetime
+
+import structlog
+from sqlalchemy import update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.config import Settings
+from app.connections.models import CONNECTIONS_TABLE
+from app.db import utcnow
+from app.ingress.polling import (
+    LEASE_MARGIN_SECONDS,
+    PollerSupervisor,
+    RetryDelays,
+    wait_for_event,
+)
+from app.runtime import Runtime, open_runtime
+
+__all__ = ["clear_expired_previous_secrets", "default_worker_id", "run_worker"]
+
+logger = structlog.get_logger("app.worker")
+
+# Housekeeping is tidying, not a deadline: no need to run it on every refresh.
+HOUSEKEEPING_INTERVAL_SECONDS = 60.0
+
+
+def default_worker_id() -> str:
+    """Host, process and a random suffix: unique per run, readable in the lease column."""
+    return f"{socket.gethostname()[:40]}:{os.getpid()}:{secrets.token_hex(4)}"[:64]
+
+
+async def run_worker(
+    settings: Settings,
+    *,
+    stop: asyncio.Event | None = None,
+    refresh_interval: float = 5.0,
+    long_poll_timeout: float = 25.0,
+    worker_id: str | None = None,
+    retry_delays: RetryDelays | None = None,
+) -> None:
+    """Run until `stop` is set (forever without one); see the module docstring.
+
+    `long_poll_timeout` is getUpdates' server-side wait; a poller's lease lasts
+    that plus the Telegram request timeout plus `LEASE_MARGIN_SECONDS`, so it
+    covers a whole cycle. `worker_id` names this replica in the lease column
+    (default: `default_worker_id()`); `retry_delays` sets the waits after failures.
+    """
+    if refresh_interval <= 0:
+        raise ValueError("refresh_interval must be positive")
+    if stop is None:
+        stop = asyncio.Event()
+    owner = worker_id or default_worker_id()
+    lease_seconds = long_poll_timeout + settings.telegram_request_timeout + LEASE_MARGIN_SECONDS
+    log = logger.bind(worker_id=owner)
+    async with open_runtime(settings) as runtime:
+        supervisor = PollerSupervisor(
+            engine=runtime.engine,
+            vault=runtime.vault,
+            telegram=runtime.telegram,
+            owner=owner,
+            long_poll_timeout=long_poll_timeout,
+            lease_seconds=lease_seconds,
+            delays=retry_delays or RetryDelays(),
+        )
+        log.info("worker_started", long_poll_timeout=long_poll_timeout)
+        try:
+            await _serve(runtime, supervisor, stop, refresh_interval)
+        except BaseException:
+            await supervisor.abort()
+            log.info("worker_aborted")
+            raise
+        await supervisor.stop_all()
+        log.info("worker_stopped")
+
+
+async def _serve(
+    runtime: Runtime, supervisor: PollerSupervisor, stop: asyncio.Event, refresh_interval: float
+) -> None:
+    loop = asyncio.get_running_loop()
+    next_housekeeping = loop.time()
+    while not stop.is_set():
+        await _refresh_pollers(supervisor)
+        if loop.time() >= next_housekeeping:
+            await _housekeeping(runtime)
+            next_housekeeping = loop.time() + HOUSEKEEPING_INTERVAL_SECONDS
+        await wait_for_event(stop, refresh_interval)
+
+
+async def _refresh_pollers(supervisor: PollerSupervisor) -> None:
+    try:
+        await supervisor.refresh()
+    except Exception as exc:
+        # The database may be away for a while; running pollers go on meanwhile.
+        logger.warning("poller_refresh_failed", error_type=type(exc).__name__)
+
+
+async def _housekeeping(runtime: Runtime) -> None:
+    try:
+        cleared = await clear_expired_previous_secrets(runtime.engine, utcnow())
+    except Exception as exc:
+        logger.warning("housekeeping_failed", error_type=type(exc).__name__)
+        return
+    for connection_id in cleared:
+        # Cached webhook routes still carry the old hash (harmless once expired,
+        # but there is no reason to keep it around).
+        await runtime.directory.connection_changed(connection_id)
+    if cleared:
+        logger.info("previous_webhook_secrets_cleared", count=len(cleared))
+
+
+async def clear_expired_previous_secrets(engine: AsyncEngine, now: datetime) -> list[uuid.UUID]:
+    """Forget the previous webhook secrets whose grace period ended; returns their connections.
+
+    The webhook already refuses an expired previous secret; this removes the
+    hash so that nothing outlives its purpose in the database.
+    """
+    table = CONNECTIONS_TABLE
+    stmt = (
+        update(table)
+        .where(table.c.previous_secret_expires_at < now)
+        .values(
+            previous_secret_hash=None,
+            previous_secret_expires_at=None,
+            # Tidying, not an edit of the connection.
+            updated_at=table.c.updated_at,
+        )
+        .returning(table.c.id)
+    )
+    async with engine.begin() as connection:
+        return list((await connection.execute(stmt)).scalars())
