@@ -115,3 +115,33 @@ def test_serve_runs_on_the_embedded_default_and_answers_health(
     # uvicorn re-raises the captured SIGTERM after a graceful shutdown.
     assert "Application shutdown complete" in stderr
     assert "not shared between replicas" in stderr
+
+
+def test_worker_runs_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    import signal
+
+    env = cli_env(tmp_path)
+    assert run_cli("migrate", env=env).returncode == 0
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "app", "worker"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert worker.stderr is not None
+        deadline = time.monotonic() + 30
+        started = False
+        while time.monotonic() < deadline and not started:
+            line = worker.stderr.readline()
+            started = "worker_started" in line
+            assert line or worker.poll() is None, "the worker exited early"
+        assert started
+        worker.send_signal(signal.SIGTERM)
+        _, rest = worker.communicate(timeout=20)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    assert worker.returncode == 0
+    assert "worker_stopped" in rest
