@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -11,6 +13,7 @@ import uuid
 from pathlib import Path
 
 import httpx
+import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -118,8 +121,6 @@ def test_serve_runs_on_the_embedded_default_and_answers_health(
 
 
 def test_worker_runs_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
-    import signal
-
     env = cli_env(tmp_path)
     assert run_cli("migrate", env=env).returncode == 0
     worker = subprocess.Popen(
@@ -145,3 +146,41 @@ def test_worker_runs_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
             worker.kill()
     assert worker.returncode == 0
     assert "worker_stopped" in rest
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.skipif(
+    not (REPO / ".venv" / "bin" / "integrations").exists() or shutil.which("make") is None,
+    reason="needs the project's .venv (created by `make`) and make",
+)
+def test_the_readme_run_command_serves_health_with_no_external_service(
+    tmp_path: Path, unused_port: int
+) -> None:
+    """`make run`, exactly as the README says, on the embedded default."""
+    env = cli_env(tmp_path)
+    process = subprocess.Popen(
+        ["make", "-s", "run", f"PORT={unused_port}"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        health = None
+        while time.monotonic() < deadline and health is None:
+            assert process.poll() is None, process.stdout.read() if process.stdout else ""
+            try:
+                health = httpx.get(f"http://127.0.0.1:{unused_port}/health", timeout=1)
+            except httpx.TransportError:
+                time.sleep(0.3)
+        assert health is not None and health.json() == {"status": "ok"}
+        assert (tmp_path / "data" / "integrations.db").exists()
+        assert (tmp_path / "data" / "vault.key").exists()
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.communicate(timeout=30)
