@@ -22,13 +22,19 @@ from redis.asyncio import Redis
 
 from app.errors import Conflict, ServiceUnavailable
 
-# Longer than any one operation can take (a few Telegram calls with their
-# timeouts, and one 429 wait); the lock expires by itself if its holder dies.
-LOCK_TTL_MS = 120_000
+# The lock expires by itself this long after its holder dies; while the holder
+# lives it is renewed every third of that, however long the operation takes.
+LOCK_TTL_MS = 30_000
 
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 return 0
 """
@@ -40,9 +46,12 @@ class OperationInProgress(Conflict):
 
 
 class OperationLocks:
-    def __init__(self, redis: Redis | None, *, prefix: str = "lock") -> None:
+    def __init__(
+        self, redis: Redis | None, *, prefix: str = "lock", ttl_ms: int = LOCK_TTL_MS
+    ) -> None:
         self._redis = redis
         self._prefix = prefix
+        self._ttl_ms = ttl_ms
         self._local: dict[str, asyncio.Lock] = {}
 
     @asynccontextmanager
@@ -57,14 +66,27 @@ class OperationLocks:
         key = f"{self._prefix}:{{{name}}}"
         token = secrets.token_hex(16)
         try:
-            acquired = await self._redis.set(key, token, nx=True, px=LOCK_TTL_MS)
+            acquired = await self._redis.set(key, token, nx=True, px=self._ttl_ms)
         except Exception:
             raise ServiceUnavailable("Redis is unavailable; try again shortly.") from None
         if not acquired:
             raise OperationInProgress()
+        renewal = asyncio.create_task(self._renew(key, token), name=f"lock-renewal:{name}")
         try:
             yield
         finally:
+            renewal.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewal
             # If Redis is gone the lock expires by itself.
             with contextlib.suppress(Exception):
                 await self._redis.eval(_RELEASE, 1, key, token)
+
+    async def _renew(self, key: str, token: str) -> None:
+        assert self._redis is not None
+        while True:
+            await asyncio.sleep(self._ttl_ms / 3000)
+            # A failed renewal is retried on the next tick; the lock has two more
+            # thirds of its time to run.
+            with contextlib.suppress(Exception):
+                await self._redis.eval(_RENEW, 1, key, token, str(self._ttl_ms))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -58,13 +59,21 @@ class IntegrationsApp(FastAPI):
 
 
 async def _guarded(ingress: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
+    """The ingress with a request id (log lines and `X-Request-ID`) and a 500 of the
+    one error shape for whatever it did not foresee."""
     started = False
+    request_id = secrets.token_hex(16)
+    header = (b"x-request-id", request_id.encode())
 
     async def tracking_send(message: Message) -> None:
         nonlocal started
-        started = started or message["type"] == "http.response.start"
+        if message["type"] == "http.response.start":
+            started = True
+            message["headers"] = [*message.get("headers", []), header]
         await send(message)
 
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(request_id=request_id)
     try:
         await ingress(scope, receive, tracking_send)
     except Exception as exc:
@@ -74,7 +83,9 @@ async def _guarded(ingress: ASGIApp, scope: Scope, receive: Receive, send: Send)
         await JSONResponse(
             {"error": {"code": "internal_error", "message": "An unexpected error occurred."}},
             status_code=500,
-        )(scope, receive, send)
+        )(scope, receive, tracking_send)
+    finally:
+        structlog.contextvars.clear_contextvars()
 
 
 def create_app(settings: Settings | None = None, *, configure_logs: bool = True) -> FastAPI:
@@ -95,7 +106,10 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
             # (otherwise each stalls every in-flight request for tens of ms).
             gc.collect()
             gc.freeze()
-            yield
+            try:
+                yield
+            finally:
+                gc.unfreeze()
 
     app = IntegrationsApp(
         title="Workspace integrations",

@@ -54,3 +54,12 @@ class BotAlreadyConnectedHere(AppError):
             "This bot is already connected to this workspace.",
             extra={"connection_id": str(connection_id)},
         )
+
+
+class RotationUnsettled(AppError):
+    status = 409
+    code = "rotation_unsettled"
+    default_message = (
+        "The previous secret rotation did not reach Telegram; resync the connection "
+        "before rotating again."
+    )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import Select, delete, select
+from sqlalchemy import Select, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.connections.models import TelegramConnection
@@ -42,15 +42,6 @@ class ConnectionRepository:
 
     def add(self, connection: TelegramConnection) -> None:
         self.session.add(connection)
-
-    async def remove_claim(self, connection_id: uuid.UUID) -> None:
-        """Delete a connection that never became usable (its registration failed)."""
-        await self.session.execute(
-            delete(TelegramConnection).where(
-                TelegramConnection.id == connection_id,
-                TelegramConnection.workspace_id == self.workspace_id,
-            )
-        )
 
 
 async def find_live_connection_by_bot(

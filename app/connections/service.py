@@ -29,6 +29,7 @@ from app.connections.errors import (
     DifferentBot,
     InvalidBotToken,
     NotABot,
+    RotationUnsettled,
     TelegramRejected,
     TelegramUnavailable,
 )
@@ -75,6 +76,10 @@ MAX_SET_WEBHOOK_WAIT = 5.0
 # After a rotation Telegram may or may not have received: keep the previous secret
 # valid as long as Telegram keeps retrying a delivery.
 UNSETTLED_SECRET_GRACE = timedelta(hours=24)
+UNSETTLED_HINT = (
+    "Telegram was not told the new webhook secret. Both the old and the new secret "
+    "are accepted meanwhile; resync to finish the rotation."
+)
 MANUAL_CLEANUP_HINT = (
     "Telegram did not confirm deleteWebhook. The connection and its stored credentials "
     "are gone; if the bot still has a webhook, call "
@@ -203,8 +208,11 @@ class ConnectionService:
                 # setWebhook may have been applied even though we saw no answer:
                 # do not leave the bot pointing at a key about to be forgotten.
                 await self._withdraw_our_webhook(connection, token)
-            await self.repository.remove_claim(connection.id)
+            # Released, not erased: Telegram may already have delivered updates to
+            # this connection, and those were acknowledged.
+            self._destroy_credentials(connection)
             await self.session.commit()
+            await self.directory.connection_changed(connection.id)
             raise
         logger.info(
             "connection_created",
@@ -270,6 +278,19 @@ class ConnectionService:
 
     def _judge(self, connection: TelegramConnection, info: WebhookInfo) -> HealthReport:
         ours = self._is_our_webhook(connection, info.url)
+        if self._rotation_unsettled(connection):
+            return HealthReport(
+                verdict="action_required",
+                hint=UNSETTLED_HINT,
+                webhook_url_is_ours=ours,
+                pending_update_count=info.pending_update_count,
+                last_error_date=(
+                    datetime.fromtimestamp(info.last_error_date, UTC)
+                    if info.last_error_date
+                    else None
+                ),
+                last_error_message=info.last_error_message,
+            )
         last_error_date = (
             datetime.fromtimestamp(info.last_error_date, UTC) if info.last_error_date else None
         )
@@ -315,6 +336,9 @@ class ConnectionService:
         """
         async with self.locks.hold(f"connection:{connection_id}"):
             connection = await self.get(connection_id)
+            if self._rotation_unsettled(connection):
+                # Another rotation now would drop the one secret Telegram may hold.
+                raise RotationUnsettled()
             token = self._open_token(connection)
             key = self._open(connection, "webhook_key")
             secret = generate_webhook_secret()
@@ -335,10 +359,7 @@ class ConnectionService:
             except AppError as exc:
                 connection.previous_secret_expires_at = utcnow() + UNSETTLED_SECRET_GRACE
                 connection.status = ConnectionStatus.action_required.value
-                connection.status_hint = (
-                    f"Telegram was not told the new webhook secret ({exc.message}) Both the "
-                    "old and the new secret are accepted meanwhile; resync to finish."
-                )
+                connection.status_hint = f"{UNSETTLED_HINT} ({exc.message})"
                 await self.session.commit()
                 await self.directory.connection_changed(connection.id)
                 raise
@@ -441,6 +462,11 @@ class ConnectionService:
         connection.updated_at = connection.deleted_at
 
     # -- helpers -------------------------------------------------------------------
+
+    def _rotation_unsettled(self, connection: TelegramConnection) -> bool:
+        """A rotation Telegram may not have received: the old secret is kept longer."""
+        expires = connection.previous_secret_expires_at
+        return expires is not None and expires > utcnow() + self._grace()
 
     def _grace(self) -> timedelta:
         return timedelta(seconds=self.settings.webhook_secret_grace_seconds)

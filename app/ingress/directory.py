@@ -132,6 +132,9 @@ class ConnectionDirectory:
     def invalidate(self, connection_id: uuid.UUID | None = None) -> None:
         """Forget one connection's entry (or all, with None)."""
         self._generation += 1
+        # A load already under way may have read the old row: later requests must
+        # start their own rather than join it.
+        self._loading.clear()
         if connection_id is None:
             self._entries.clear()
             return

@@ -16,7 +16,7 @@ from __future__ import annotations
 import uuid
 from typing import Any, Protocol
 
-from sqlalchemy import Table, and_, literal_column
+from sqlalchemy import Table, and_, literal_column, or_
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -156,7 +156,8 @@ _MESSAGE_COLUMNS = (
     "edited_at",
     "received_at",
 )
-# An edit replaces the text; a late copy of the original never undoes an edit.
+# An edit replaces the text; a late copy of the original, or of an older edit,
+# never undoes a newer one (edited_at is Telegram's edit_date).
 _UPSERT_MESSAGES = """
 INSERT INTO conversation_messages
     (id, workspace_id, connection_id, conversation_id, direction, telegram_message_id,
@@ -170,6 +171,8 @@ ON CONFLICT (conversation_id, direction, telegram_message_id) DO UPDATE SET
     content_kind = excluded.content_kind,
     edited_at = excluded.edited_at
 WHERE excluded.edited_at IS NOT NULL
+  AND (conversation_messages.edited_at IS NULL
+       OR excluded.edited_at >= conversation_messages.edited_at)
 """
 
 
@@ -245,6 +248,12 @@ class PortableStatements:
         stmt = insert.values(rows).on_conflict_do_update(
             index_elements=["conversation_id", "direction", "telegram_message_id"],
             set_={name: excluded[name] for name in ("text", "content_kind", "edited_at")},
-            where=and_(literal_column("excluded.edited_at").is_not(None)),
+            where=and_(
+                literal_column("excluded.edited_at").is_not(None),
+                or_(
+                    MESSAGES.c.edited_at.is_(None),
+                    literal_column("excluded.edited_at") >= MESSAGES.c.edited_at,
+                ),
+            ),
         )
         await self._connection.execute(stmt)

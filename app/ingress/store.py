@@ -32,8 +32,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-from sqlalchemy.exc import TimeoutError as SATimeoutError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.db import new_id
@@ -276,6 +275,7 @@ def _conversation_rows(items: Sequence[IncomingUpdate]) -> list[dict[str, Any]]:
 
 def _message_rows(items: Sequence[IncomingUpdate]) -> list[dict[str, Any]]:
     latest: dict[tuple[uuid.UUID, int], dict[str, Any]] = {}
+    versions: dict[tuple[uuid.UUID, int], int] = {}
     for item in items:
         parsed = item.parsed
         if parsed.message is None or parsed.conversation is None or parsed.chat is None:
@@ -283,6 +283,13 @@ def _message_rows(items: Sequence[IncomingUpdate]) -> list[dict[str, Any]]:
         conversation = conversation_id(item.connection_id, parsed.conversation.encode())
         sender = contact_id(item.connection_id, parsed.sender.id) if parsed.sender else None
         message = parsed.message
+        # Deliveries run in parallel: within a batch keep the newest copy.
+        if versions.get((conversation, message.message_id), -1) > parsed.update_id:
+            continue
+        versions[(conversation, message.message_id)] = parsed.update_id
+        edited_at = None
+        if message.edited:
+            edited_at = _timestamp(message.edit_date, item.received_at)
         latest[(conversation, message.message_id)] = {
             "id": new_id(),
             "workspace_id": item.workspace_id,
@@ -294,7 +301,7 @@ def _message_rows(items: Sequence[IncomingUpdate]) -> list[dict[str, Any]]:
             "content_kind": _text(message.kind, 64),
             "text": _text(message.text),
             "sent_at": _timestamp(message.date, item.received_at),
-            "edited_at": item.received_at if message.edited else None,
+            "edited_at": edited_at,
             "received_at": item.received_at,
         }
     return _sorted(latest)
@@ -392,7 +399,7 @@ class UpdateWriter:
             outcomes = await self._store([p.item for p in batch])
         except Exception as exc:
             self._recent.forget()
-            if is_outage(exc) or len(batch) == 1:
+            if is_outage(exc):
                 self._fail(batch, exc)
                 return
             # A data error: find the item(s) the database refuses, so one bad
@@ -445,10 +452,24 @@ class UpdateWriter:
                 pending.done.set_exception(StorageUnavailable(type(exc).__name__))
 
 
+def is_data_error(exc: BaseException) -> bool:
+    """Whether the database refused this data (rather than being unwell).
+
+    Only SQLSTATE classes 22 (data exception) and 23 (integrity constraint) are
+    the data's fault, and Python's own conversions failing. Lock and statement
+    timeouts, deadlocks, serialization failures and connection limits are the
+    database's state: retrying (Telegram redelivers) is right for those, and
+    storing the update without its derived records would be wrong.
+    """
+    if isinstance(exc, DataError | IntegrityError):
+        return True
+    if isinstance(exc, DBAPIError):
+        code = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+        return isinstance(code, str) and code[:2] in ("22", "23")
+    return isinstance(exc, ValueError | TypeError | OverflowError)
+
+
 def is_outage(exc: BaseException) -> bool:
-    """Whether the database is unreachable (as opposed to refusing this data)."""
-    if isinstance(exc, OSError | TimeoutError | ConnectionError):
-        return True
-    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
-        return True
-    return isinstance(exc, OperationalError | InterfaceError | SATimeoutError)
+    """Whether a failed store should be answered 503 (try again later), not retried
+    item by item: anything that is not the data's fault."""
+    return not is_data_error(exc)

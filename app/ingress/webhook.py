@@ -285,9 +285,20 @@ def _failure_bucket(source: str, key: str | None) -> str:
     address and a digest of the key presented, computed without looking it up.
     """
     if not _in_telegram_ranges(source):
-        return f"ingress:auth:{source}"
+        return f"ingress:auth:{_address_group(source)}"
     digest = hashlib.sha256((key or "").encode()).hexdigest()[:16]
     return f"ingress:auth:{source}:{digest}"
+
+
+def _address_group(address: str) -> str:
+    """IPv6 clients hold whole /64s: one address each would be a fresh bucket per request."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if ip.version == 6:
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return address
 
 
 def _in_telegram_ranges(address: str) -> bool:

@@ -133,6 +133,8 @@ class InboundMessage:
     thread_id: int | None
     edited: bool
     kind: str
+    # Telegram's time of the last edit (0 when unknown): orders concurrent edits.
+    edit_date: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,6 +330,7 @@ def _inbound(msg: Mapping[str, Any], *, edited: bool) -> InboundMessage | None:
         thread_id=_int64(msg.get("message_thread_id")),
         edited=edited,
         kind=_content_kind(msg),
+        edit_date=_int64(msg.get("edit_date")) or 0,
     )
 
 

@@ -249,23 +249,40 @@ async def test_create_whose_set_webhook_answer_was_lost_withdraws_the_webhook(
     telegram_double: TelegramDouble,
     db_session_factory: async_sessionmaker[AsyncSession],
 ) -> None:
+    """Telegram applied setWebhook and even delivered an update; its answer was lost."""
+    from app.ingress.models import TelegramUpdate
+    from tests.telegram_double.fixtures import load_update
+
     settings = make_settings(
         tmp_path,
         database_url,
         telegram_api_base=telegram_double.base_url,
-        telegram_request_timeout=0.5,
+        telegram_request_timeout=1.0,
     )
     bot = telegram_double.add_bot()
-    telegram_double.delay_next("setWebhook", 1.5, after_execute=True)
+    telegram_double.delay_next("setWebhook", 2.0, after_execute=True)
     async with running_app(settings) as (_app, client):
-        response = await client.post(
-            f"{BASE}/telegram", json={"bot_token": bot.token}, headers=workspace.headers()
+        creating = asyncio.create_task(
+            client.post(
+                f"{BASE}/telegram", json={"bot_token": bot.token}, headers=workspace.headers()
+            )
         )
+        for _ in range(100):
+            if telegram_double.webhook(bot).url:
+                break
+            await asyncio.sleep(0.01)
+        delivered = await telegram_double.deliver(bot, load_update("01_message"), client=client)
+        response = await creating
+    assert delivered == 200
     assert_error(response, 502, "telegram_unavailable")
-    # Telegram had applied it; the service saw no answer and took it back.
+    # The service saw no answer and took the webhook back.
     assert telegram_double.webhook(bot).url == ""
     async with db_session_factory() as session:
-        assert (await session.execute(select(TelegramConnection))).first() is None
+        (row,) = (await session.execute(select(TelegramConnection))).scalars().all()
+        stored = (await session.execute(select(TelegramUpdate))).scalars().all()
+    # The claim is released (the bot can be connected again), the acknowledged update kept.
+    assert row.deleted_at is not None and row.bot_token is None and row.webhook_key_hash is None
+    assert [u.update_id for u in stored] == [load_update("01_message")["update_id"]]
 
 
 async def test_token_replacement_keeps_the_connection_and_reregisters(
