@@ -23,7 +23,8 @@ from structlog.typing import EventDict, Processor, WrappedLogger
 REDACTED = "***"
 
 # <bot id>:<secret part>; the secret part is 35 characters today, allow some slack.
-_BOT_TOKEN = re.compile(r"(?<!\d)\d{3,}:[A-Za-z0-9_-]{30,}")
+# In a URL the colon may arrive percent-encoded.
+_BOT_TOKEN = re.compile(r"(?<!\d)\d{3,}(?::|%3[Aa])[A-Za-z0-9_-]{30,}")
 _API_TOKEN = re.compile(r"\bwsk_[A-Za-z0-9_-]{8,}")
 # Query parameters that carry capabilities: the webhook `?key=`, tokens, secrets.
 _SECRET_QUERY = re.compile(

@@ -67,6 +67,12 @@ def test_exception_tracebacks_are_redacted(json_logs: pytest.CaptureFixture[str]
     assert BOT_TOKEN not in err
 
 
+def test_a_percent_encoded_token_in_a_url_is_redacted_too() -> None:
+    encoded = BOT_TOKEN.replace(":", "%3A")
+    line = redact_text(f'"POST /bot{encoded}/getMe HTTP/1.1" 200')
+    assert encoded not in line and BOT_TOKEN.split(":")[1] not in line
+
+
 def test_redact_text_leaves_ordinary_text() -> None:
     assert redact_text("chat 12345 said hello") == "chat 12345 said hello"
     assert BOT_TOKEN not in redact_text(f"x {BOT_TOKEN} y")

@@ -14,7 +14,6 @@ broadcast be missed (e.g. a replica reconnecting to Redis).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import time
 import uuid
@@ -155,6 +154,7 @@ class DirectoryInvalidator:
         self._directory = directory
         self._redis = redis
         self._listener: asyncio.Task[None] | None = None
+        self._stopping = False
 
     async def connection_changed(self, connection_id: uuid.UUID) -> None:
         self._directory.invalidate(connection_id)
@@ -168,33 +168,45 @@ class DirectoryInvalidator:
 
     def start(self) -> None:
         if self._redis is not None and self._listener is None:
+            self._stopping = False
             self._listener = asyncio.create_task(self._listen(), name="directory-invalidation")
 
     async def stop(self) -> None:
-        if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
-            self._listener = None
+        """Stop listening. Bounded: redis-py can swallow a cancellation inside its
+        reads, so the loop also checks a flag, and stop() waits a few seconds at most."""
+        listener, self._listener = self._listener, None
+        if listener is None:
+            return
+        self._stopping = True
+        listener.cancel()
+        _, pending = await asyncio.wait({listener}, timeout=3.0)
+        if pending:
+            logger.warning("directory_listener_did_not_stop")
 
     async def _listen(self) -> None:
         assert self._redis is not None
-        while True:
+        while not self._stopping:
             try:
                 async with self._redis.pubsub() as pubsub:
                     await pubsub.subscribe(INVALIDATION_CHANNEL)
                     # Whatever changed while we were not listening is unknown.
                     self._directory.invalidate()
-                    async for message in pubsub.listen():
-                        if message.get("type") != "message":
-                            continue
-                        try:
-                            self._directory.invalidate(uuid.UUID(message["data"].decode()))
-                        except (ValueError, AttributeError):
-                            continue
+                    while not self._stopping:
+                        message = await pubsub.get_message(
+                            ignore_subscribe_messages=True, timeout=1.0
+                        )
+                        if message is not None and message.get("type") == "message":
+                            self._on_message(message["data"])
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 logger.warning("directory_listener_reconnecting", error_type=type(exc).__name__)
                 self._directory.invalidate()
                 await asyncio.sleep(1.0)
+
+    def _on_message(self, data: object) -> None:
+        try:
+            connection_id = uuid.UUID(data.decode() if isinstance(data, bytes) else str(data))
+        except ValueError:
+            return
+        self._directory.invalidate(connection_id)

@@ -170,3 +170,33 @@ async def test_ipv6_failures_are_counted_per_64_and_webhook_answers_carry_a_requ
             statuses.append(response.status_code)
             assert re.fullmatch(r"[0-9a-f]{32}", response.headers["x-request-id"])
     assert statuses == [401, 401, 429, 429]
+
+
+async def test_a_delete_on_one_replica_reaches_the_others_cache_at_once(
+    tmp_path: Path,
+    database_url: str,
+    workspace: WorkspaceFixture,
+    telegram_double: TelegramDouble,
+    redis_client: Any,
+) -> None:
+    """Without the broadcast, replica B would accept the deleted key for its cache's 5 s."""
+    settings = make_settings(tmp_path, database_url, telegram_api_base=telegram_double.base_url)
+    base = load_update("01_message")
+    async with running_app(settings) as (_a, replica_a), running_app(settings) as (_b, replica_b):
+        bot, body = await connect_bot(replica_a, workspace, telegram_double)
+        key, secret = webhook_credentials(telegram_double, bot)
+        assert (await post_update(replica_b, key, secret, base)).status_code == 200  # cached in B
+        await asyncio.sleep(0.2)  # both listeners subscribed
+        deleted = await replica_a.delete(
+            f"/api/v1/connections/{body['id']}", headers=workspace.headers()
+        )
+        assert deleted.status_code == 200
+        statuses = []
+        for n in range(1, 20):
+            later = {**base, "update_id": base["update_id"] + n}
+            statuses.append((await post_update(replica_b, key, secret, later)).status_code)
+            if statuses[-1] == 401:
+                break
+            await asyncio.sleep(0.05)
+    assert statuses[-1] == 401
+    assert len(statuses) < 10  # well inside the 5 s cache lifetime
