@@ -107,6 +107,9 @@ def create_ingress_engine(url: str) -> AsyncEngine:
         pool_size=10,
         max_overflow=10,
         pool_timeout=5,
+        # No ping per checkout (a round trip per batch): a dead connection fails
+        # its batch, which answers 503 and is redelivered, and the pool replaces it.
+        pool_pre_ping=False,
         connect_args={
             "timeout": 5,
             "command_timeout": 10,
