@@ -118,3 +118,22 @@ async def test_production_does_not_serve_the_interactive_docs(
         assert (await client.get("/health")).status_code == 200
     async with running_app(settings) as (_app, client):
         assert (await client.get("/openapi.json")).status_code == 200
+
+
+def test_env_example_lists_every_setting_with_a_parseable_default() -> None:
+    from app.config import Settings
+
+    example = Path(__file__).resolve().parent.parent / ".env.example"
+    listed = {
+        line.split("=", 1)[0]
+        for line in example.read_text().splitlines()
+        if line and not line.startswith("#") and "=" in line
+    }
+    assert {name.upper() for name in Settings.model_fields} == listed
+    # The file as written is a valid configuration.
+    values = {
+        line.split("=", 1)[0].lower(): line.split("=", 1)[1]
+        for line in example.read_text().splitlines()
+        if line and not line.startswith("#") and "=" in line and line.split("=", 1)[1]
+    }
+    assert Settings(_env_file=None, **values).ingress_failed_auth_per_minute == 20  # type: ignore[call-arg]
