@@ -278,19 +278,6 @@ class ConnectionService:
 
     def _judge(self, connection: TelegramConnection, info: WebhookInfo) -> HealthReport:
         ours = self._is_our_webhook(connection, info.url)
-        if self._rotation_unsettled(connection):
-            return HealthReport(
-                verdict="action_required",
-                hint=UNSETTLED_HINT,
-                webhook_url_is_ours=ours,
-                pending_update_count=info.pending_update_count,
-                last_error_date=(
-                    datetime.fromtimestamp(info.last_error_date, UTC)
-                    if info.last_error_date
-                    else None
-                ),
-                last_error_message=info.last_error_message,
-            )
         last_error_date = (
             datetime.fromtimestamp(info.last_error_date, UTC) if info.last_error_date else None
         )
@@ -302,7 +289,9 @@ class ConnectionService:
             last_error_date=last_error_date,
             last_error_message=info.last_error_message,
         )
-        if connection.mode == ConnectionMode.webhook.value and not ours:
+        if self._rotation_unsettled(connection):
+            report.verdict, report.hint = "action_required", UNSETTLED_HINT
+        elif connection.mode == ConnectionMode.webhook.value and not ours:
             report.verdict = "action_required"
             report.hint = (
                 f"The bot's webhook points to {host_of(info.url)}: another app took it over. "
