@@ -74,6 +74,12 @@ class ValidationFailed(AppError):
     default_message = "The request is not valid."
 
 
+class RateLimited(AppError):
+    status = 429
+    code = "rate_limited"
+    default_message = "Too many requests; retry later."
+
+
 class ServiceUnavailable(AppError):
     status = 503
     code = "service_unavailable"

@@ -48,6 +48,8 @@ class Runtime:
     directory: DirectoryInvalidator
     ingress: WebhookIngress
     locks: OperationLocks
+    # Shared limits for API endpoints that cost a Telegram call.
+    api_limiter: RateLimiter
 
 
 def create_redis(url: str) -> Redis:
@@ -137,4 +139,5 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
             directory=invalidator,
             ingress=ingress,
             locks=OperationLocks(redis),
+            api_limiter=limiter,
         )

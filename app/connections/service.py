@@ -50,8 +50,9 @@ from app.connections.webhook import (
     webhook_url,
 )
 from app.db import new_id, utcnow
-from app.errors import AppError, NotFound, ValidationFailed
+from app.errors import AppError, NotFound, RateLimited, ServiceUnavailable, ValidationFailed
 from app.pagination import PageParams
+from app.ratelimit import RateLimit, RateLimiterUnavailable
 from app.runtime import Runtime
 from app.telegram.client import TelegramClient
 from app.telegram.errors import (
@@ -76,6 +77,7 @@ MAX_SET_WEBHOOK_WAIT = 5.0
 # After a rotation Telegram may or may not have received: keep the previous secret
 # valid as long as Telegram keeps retrying a delivery.
 UNSETTLED_SECRET_GRACE = timedelta(hours=24)
+HEALTH_CHECK_LIMIT = RateLimit.per_minute(30, burst=10)
 UNSETTLED_HINT = (
     "Telegram was not told the new webhook secret. Both the old and the new secret "
     "are accepted meanwhile; resync to finish the rotation."
@@ -153,6 +155,7 @@ class ConnectionService:
         self.telegram: TelegramClient = runtime.telegram
         self.directory = runtime.directory
         self.locks = runtime.locks
+        self.api_limiter = runtime.api_limiter
         self.auth = auth
         self.repository = ConnectionRepository(session, auth.workspace_id)
 
@@ -255,6 +258,7 @@ class ConnectionService:
     async def health(self, connection_id: uuid.UUID) -> HealthReport:
         # No row lock: it would be held across the Telegram call.
         connection = await self.get(connection_id)
+        await self._limit_live_checks(connection.id)
         token = self._open_token(connection)
         try:
             info = await self.telegram.get_webhook_info(token)
@@ -451,6 +455,19 @@ class ConnectionService:
         connection.updated_at = connection.deleted_at
 
     # -- helpers -------------------------------------------------------------------
+
+    async def _limit_live_checks(self, connection_id: uuid.UUID) -> None:
+        """Each health check is a live Telegram call: bounded per connection, so a
+        dashboard refreshing in a loop cannot spend the bot's Telegram budget."""
+        try:
+            decision = await self.api_limiter.hit(f"health:{connection_id}", HEALTH_CHECK_LIMIT)
+        except RateLimiterUnavailable:
+            raise ServiceUnavailable("Redis is unavailable; try again shortly.") from None
+        if not decision.allowed:
+            raise RateLimited(
+                "Health is checked live with Telegram; wait before checking again.",
+                headers={"Retry-After": decision.retry_after_header()},
+            )
 
     def _rotation_unsettled(self, connection: TelegramConnection) -> bool:
         """A rotation Telegram may not have received: the old secret is kept longer."""

@@ -17,6 +17,7 @@ import asyncio
 import hashlib
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -33,6 +34,9 @@ logger = structlog.get_logger("app.ingress")
 
 INVALIDATION_CHANNEL = "integrations:connections:invalidate"
 MAX_ENTRIES = 50_000
+# Unknown keys are remembered apart and evicted oldest first, so a flood of random
+# keys can never push the routes of real connections out of the cache.
+MAX_UNKNOWN = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +64,8 @@ class ConnectionDirectory:
         self._ttl = ttl
         self._clock = clock
         # Keyed by a digest of the webhook key, so plaintext keys are not retained.
-        self._entries: dict[bytes, tuple[float, WebhookRoute | None]] = {}
+        self._entries: dict[bytes, tuple[float, WebhookRoute]] = {}
+        self._unknown: OrderedDict[bytes, float] = OrderedDict()
         # Bumped by every invalidation: a load that started before one may have
         # read the old row and must not be cached.
         self._generation = 0
@@ -75,6 +80,9 @@ class ConnectionDirectory:
         """
         digest = hashlib.sha256(key.encode()).digest()
         now = self._clock()
+        unknown_until = self._unknown.get(digest)
+        if unknown_until is not None and unknown_until > now:
+            return None
         cached = self._entries.get(digest)
         if cached is not None and cached[0] > now:
             return cached[1]
@@ -99,10 +107,21 @@ class ConnectionDirectory:
             self._loading.pop(digest, None)
         loading.set_result(route)
         if generation == self._generation:
-            if len(self._entries) >= MAX_ENTRIES:
-                self._entries.clear()
-            self._entries[digest] = (now + self._ttl, route)
+            self._remember(digest, route, now + self._ttl)
         return route
+
+    def _remember(self, digest: bytes, route: WebhookRoute | None, until: float) -> None:
+        if route is None:
+            self._entries.pop(digest, None)
+            self._unknown[digest] = until
+            self._unknown.move_to_end(digest)
+            while len(self._unknown) > MAX_UNKNOWN:
+                self._unknown.popitem(last=False)
+            return
+        self._unknown.pop(digest, None)
+        if len(self._entries) >= MAX_ENTRIES:
+            self._entries.clear()
+        self._entries[digest] = (until, route)
 
     async def _load(self, key: str) -> WebhookRoute | None:
         table = TelegramConnection
@@ -134,14 +153,15 @@ class ConnectionDirectory:
         # A load already under way may have read the old row: later requests must
         # start their own rather than join it.
         self._loading.clear()
+        # Unknown keys go too: a key may have just become valid.
+        self._unknown.clear()
         if connection_id is None:
             self._entries.clear()
             return
-        # Unknown keys (None) go too: a key may have just become valid.
         stale = [
             digest
             for digest, (_, route) in self._entries.items()
-            if route is None or route.connection_id == connection_id
+            if route is not None and route.connection_id == connection_id
         ]
         for digest in stale:
             self._entries.pop(digest, None)

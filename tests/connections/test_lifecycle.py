@@ -436,3 +436,18 @@ async def test_no_secret_reaches_the_logs_across_the_lifecycle(
     assert original_token is not None and original_token != new_token
     for plaintext in (original_token, new_token, key, secret, first_secret, workspace.admin_token):
         assert plaintext not in logs
+
+
+async def test_live_health_checks_are_limited_per_connection(
+    app_client: httpx.AsyncClient, workspace: WorkspaceFixture, telegram_double: TelegramDouble
+) -> None:
+    _, body = await connect_bot(app_client, workspace, telegram_double)
+    statuses = [
+        (await app_client.get(f"{BASE}/{body['id']}/health", headers=workspace.headers()))
+        for _ in range(12)
+    ]
+    codes = [r.status_code for r in statuses]
+    assert codes[:10] == [200] * 10 and codes[10:] == [429, 429]
+    assert int(statuses[-1].headers["retry-after"]) >= 1
+    assert statuses[-1].json()["error"]["code"] == "rate_limited"
+    assert len(telegram_double.calls_for("getWebhookInfo")) == 11  # 1 at create + 10 checks

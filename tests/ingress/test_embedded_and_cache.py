@@ -96,3 +96,34 @@ async def test_other_methods_on_the_webhook_path_get_the_error_shape(
     response = await app_client.get(WEBHOOK_PATH, params={"key": "x"})
     assert response.status_code == 405
     assert response.json()["error"]["code"] == "method_not_allowed"
+
+
+async def test_a_flood_of_unknown_keys_never_evicts_a_real_route(
+    db_engine: AsyncEngine,
+    app_client: httpx.AsyncClient,
+    workspace: WorkspaceFixture,
+    telegram_double: TelegramDouble,
+    monkeypatch: Any,
+) -> None:
+    from app.ingress import directory as directory_module
+
+    monkeypatch.setattr(directory_module, "MAX_UNKNOWN", 50)
+    bot, body = await connect_bot(app_client, workspace, telegram_double)
+    key, _ = webhook_credentials(telegram_double, bot)
+    directory = ConnectionDirectory(db_engine, Vault(parse_keyring(TEST_VAULT_KEYS)))
+    queries: list[str] = []
+
+    def count(*args: Any) -> None:
+        queries.append(args[2])
+
+    assert (await directory.lookup(key)) is not None
+    event.listen(db_engine.sync_engine, "before_cursor_execute", count)
+    try:
+        for n in range(500):
+            assert await directory.lookup(f"random-{n}") is None
+        before = len(queries)
+        route = await directory.lookup(key)
+    finally:
+        event.remove(db_engine.sync_engine, "before_cursor_execute", count)
+    assert route is not None and route.connection_id == uuid.UUID(body["id"])
+    assert len(queries) == before  # served from the cache, not reloaded
