@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import gc
-import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import structlog
 from fastapi import FastAPI
-from starlette.responses import JSONResponse
 from starlette.routing import Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from app.auth.router import router as tokens_router
 from app.config import Settings, get_settings
@@ -23,8 +20,6 @@ from app.ingress.router import router as inbox_router
 from app.logging import configure_logging
 from app.middleware import RequestContextMiddleware
 from app.runtime import Runtime, open_runtime
-
-logger = structlog.get_logger("app.errors")
 
 
 class _WebhookEndpoint:
@@ -38,13 +33,15 @@ class _WebhookEndpoint:
 class IntegrationsApp(FastAPI):
     """FastAPI, with the webhook hot path taken before the middleware stack.
 
-    Telegram's deliveries skip FastAPI's and Starlette's middleware (request ids,
-    telemetry, exception plumbing): at thousands of updates a second that stack
-    costs more than the ingress checks themselves. The ingress handles its own
-    errors; anything it did not foresee still becomes a 500 of the one shape.
-    Every other request, and any other method on the webhook path, goes through
-    FastAPI as usual.
+    Telegram's deliveries skip FastAPI's and Starlette's middleware (telemetry,
+    exception plumbing, routing): at thousands of updates a second that stack costs
+    more than the ingress checks themselves. They keep the request context (a
+    request id on log lines and in `X-Request-ID`, unexpected errors as a 500 of
+    the one shape). Every other request, and any other method on the webhook path,
+    goes through FastAPI as usual.
     """
+
+    _webhook = RequestContextMiddleware(_WebhookEndpoint())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
@@ -53,39 +50,10 @@ class IntegrationsApp(FastAPI):
             and scope["method"] == "POST"
             and hasattr(self.state, "runtime")
         ):
-            await _guarded(self.state.runtime.ingress, scope, receive, send)
+            scope["app"] = self
+            await self._webhook(scope, receive, send)
             return
         await super().__call__(scope, receive, send)
-
-
-async def _guarded(ingress: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
-    """The ingress with a request id (log lines and `X-Request-ID`) and a 500 of the
-    one error shape for whatever it did not foresee."""
-    started = False
-    request_id = secrets.token_hex(16)
-    header = (b"x-request-id", request_id.encode())
-
-    async def tracking_send(message: Message) -> None:
-        nonlocal started
-        if message["type"] == "http.response.start":
-            started = True
-            message["headers"] = [*message.get("headers", []), header]
-        await send(message)
-
-    structlog.contextvars.clear_contextvars()
-    structlog.contextvars.bind_contextvars(request_id=request_id)
-    try:
-        await ingress(scope, receive, tracking_send)
-    except Exception as exc:
-        logger.error("unhandled_error", error_type=type(exc).__name__, exc_info=exc)
-        if started:
-            raise
-        await JSONResponse(
-            {"error": {"code": "internal_error", "message": "An unexpected error occurred."}},
-            status_code=500,
-        )(scope, receive, tracking_send)
-    finally:
-        structlog.contextvars.clear_contextvars()
 
 
 def create_app(settings: Settings | None = None, *, configure_logs: bool = True) -> FastAPI:
