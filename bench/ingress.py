@@ -656,7 +656,7 @@ def build_server(
     else:
         secret, key = secrets.token_urlsafe(32), "unused"
         argv = [sys.executable, str(BENCH_DIR / "aiogram_app.py"), "--host", "127.0.0.1"]
-        argv += ["--port", str(port), "--secret", secret]
+        argv += ["--port", str(port), f"--secret={secret}"]
         if aiogram_background:
             argv.append("--background")
     return Server(
