@@ -514,7 +514,7 @@ class LoadGen:
             command += [str(self.connections)]
         else:
             command = [sys.executable, str(BENCH_DIR / "loadgen.py"), "--url", url]
-            command += ["--templates", str(templates), "--base", str(base), "--secret", secret]
+            command += ["--templates", str(templates), "--base", str(base), f"--secret={secret}"]
             command += ["--connections", str(self.connections), "--duration", str(seconds)]
         return self.cpus.prefix(self.cpus.load) + command
 
