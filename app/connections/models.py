@@ -62,7 +62,7 @@ class TelegramConnection(Base):
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
     workspace_id: Mapped[uuid.UUID] = mapped_column(
-        ForeignKey("workspaces.id", ondelete="CASCADE"), index=True
+        Uuid, ForeignKey("workspaces.id", ondelete="CASCADE"), index=True
     )
     name: Mapped[str] = mapped_column(String(200))
     status: Mapped[str] = mapped_column(String(32), default=ConnectionStatus.active.value)
@@ -103,15 +103,23 @@ class TelegramConnection(Base):
 
 
 CONNECTIONS_TABLE = cast(Table, TelegramConnection.__table__)
-register_sealed_field(SealedField(CONNECTIONS_TABLE, "bot_token"))
-register_sealed_field(
-    SealedField(CONNECTIONS_TABLE, "webhook_secret", hash_column="webhook_secret_hash")
-)
-register_sealed_field(SealedField(CONNECTIONS_TABLE, "webhook_key", hash_column="webhook_key_hash"))
+SEALED_FIELDS: dict[str, SealedField] = {
+    field.column: register_sealed_field(field)
+    for field in (
+        SealedField(CONNECTIONS_TABLE, "bot_token"),
+        SealedField(CONNECTIONS_TABLE, "webhook_secret", hash_column="webhook_secret_hash"),
+        SealedField(CONNECTIONS_TABLE, "webhook_key", hash_column="webhook_key_hash"),
+    )
+}
+
+
+def credential_context(
+    connection_id: uuid.UUID, workspace_id: uuid.UUID, column: str
+) -> SecretContext:
+    """Where a sealed credential of a connection lives: the associated data of its ciphertext."""
+    return SEALED_FIELDS[column].context(connection_id, workspace_id)
 
 
 def secret_context(connection: TelegramConnection, column: str) -> SecretContext:
-    """Where a sealed value of this connection lives: the associated data of its ciphertext."""
-    return SecretContext(
-        CONNECTIONS_TABLE.name, column, str(connection.id), str(connection.workspace_id)
-    )
+    """`credential_context` of a loaded connection row."""
+    return credential_context(connection.id, connection.workspace_id, column)

@@ -39,10 +39,10 @@ class TelegramUpdate(Base):
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
     workspace_id: Mapped[uuid.UUID] = mapped_column(
-        ForeignKey("workspaces.id", ondelete="CASCADE"), index=True
+        Uuid, ForeignKey("workspaces.id", ondelete="CASCADE"), index=True
     )
     connection_id: Mapped[uuid.UUID] = mapped_column(
-        ForeignKey("telegram_connections.id", ondelete="CASCADE")
+        Uuid, ForeignKey("telegram_connections.id", ondelete="CASCADE")
     )
     update_id: Mapped[int] = mapped_column(BigInteger)
     kind: Mapped[str] = mapped_column(String(64))
@@ -59,9 +59,11 @@ class Contact(Base):
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
-    workspace_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"))
+    workspace_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("workspaces.id", ondelete="CASCADE")
+    )
     connection_id: Mapped[uuid.UUID] = mapped_column(
-        ForeignKey("telegram_connections.id", ondelete="CASCADE")
+        Uuid, ForeignKey("telegram_connections.id", ondelete="CASCADE")
     )
     # A user's id is also the id of their private chat with the bot.
     telegram_chat_id: Mapped[int] = mapped_column(BigInteger)
@@ -83,9 +85,11 @@ class Conversation(Base):
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
-    workspace_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"))
+    workspace_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("workspaces.id", ondelete="CASCADE")
+    )
     connection_id: Mapped[uuid.UUID] = mapped_column(
-        ForeignKey("telegram_connections.id", ondelete="CASCADE")
+        Uuid, ForeignKey("telegram_connections.id", ondelete="CASCADE")
     )
     key: Mapped[str] = mapped_column(String(300))
     chat_id: Mapped[int] = mapped_column(BigInteger)
@@ -108,17 +112,19 @@ class ConversationMessage(Base):
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
-    workspace_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"))
+    workspace_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("workspaces.id", ondelete="CASCADE")
+    )
     connection_id: Mapped[uuid.UUID] = mapped_column(
-        ForeignKey("telegram_connections.id", ondelete="CASCADE")
+        Uuid, ForeignKey("telegram_connections.id", ondelete="CASCADE")
     )
     conversation_id: Mapped[uuid.UUID] = mapped_column(
-        ForeignKey("conversations.id", ondelete="CASCADE")
+        Uuid, ForeignKey("conversations.id", ondelete="CASCADE")
     )
     direction: Mapped[str] = mapped_column(String(8))
     telegram_message_id: Mapped[int] = mapped_column(BigInteger)
     sender_contact_id: Mapped[uuid.UUID | None] = mapped_column(
-        ForeignKey("contacts.id", ondelete="SET NULL"), nullable=True
+        Uuid, ForeignKey("contacts.id", ondelete="SET NULL"), nullable=True
     )
     content_kind: Mapped[str] = mapped_column(String(64))
     text: Mapped[str | None] = mapped_column(Text, nullable=True)

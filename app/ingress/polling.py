@@ -68,8 +68,7 @@ from app.connections.models import (
     CONNECTIONS_TABLE,
     ConnectionMode,
     ConnectionStatus,
-    TelegramConnection,
-    secret_context,
+    credential_context,
 )
 from app.connections.webhook import ALLOWED_UPDATES
 from app.db import utcnow
@@ -84,11 +83,12 @@ from app.telegram.errors import (
 )
 from app.telegram.types import BotToken
 from app.telegram.updates import InvalidUpdate, parse_update
-from app.vault import SealedSecret, Vault
+from app.vault import SealedSecret, Vault, VaultError
 
 __all__ = [
     "CONFLICT_OTHER_CONSUMER_HINT",
     "CONFLICT_WEBHOOK_HINT",
+    "CREDENTIALS_UNREADABLE_HINT",
     "GET_UPDATES_LIMIT",
     "LEASE_MARGIN_SECONDS",
     "SOURCE",
@@ -121,6 +121,12 @@ CONFLICT_OTHER_CONSUMER_HINT = (
     "Another program is reading this bot's updates with getUpdates, and Telegram serves "
     "only one. Stop the other program, or revoke the token in @BotFather and paste the "
     "new one here (Replace token)."
+)
+CREDENTIALS_UNREADABLE_HINT = (
+    "The stored bot token cannot be decrypted with this service's vault keys: the key "
+    "that sealed it is missing from VAULT_KEYS (or the data was altered). Restore the "
+    "key (`integrations vault status` names the key ids in use), or paste the bot's "
+    "token again (Replace token)."
 )
 UNAUTHORIZED_HINT = (
     "Telegram rejects the bot token: it was revoked or regenerated. Paste the bot's "
@@ -267,6 +273,9 @@ class ConnectionPoller:
         # None until the first success; False after a failure: the next success
         # then reconciles the connection's status.
         self._status_ok: bool | None = None
+        # The kind of the failure being retried, so each is logged once when it
+        # starts rather than on every retry.
+        self._fault: str | None = None
         self._log = logger.bind(connection_id=str(connection_id))
 
     def stop(self) -> None:
@@ -293,16 +302,16 @@ class ConnectionPoller:
             except LeaseLost:
                 return "lease_lost"
             except Exception as exc:
-                # Database outage, vault failure, a bug: none of it may end polling
-                # for good, and none of it lost an update (nothing was confirmed).
+                # Database outage, a bug: none of it may end polling for good, and
+                # none of it lost an update (nothing was confirmed).
                 delay = self._backoff.next_delay()
                 self._status_ok = False
-                self._log.error(
+                self._report_fault(
                     "polling_cycle_failed",
-                    error_type=type(exc).__name__,
+                    type(exc).__name__,
                     retry_in=round(delay, 2),
                     # A database error says enough by its type; anything else is a
-                    # surprise worth its traceback.
+                    # surprise worth its traceback (once, not on every retry).
                     exc_info=not isinstance(exc, SQLAlchemyError | OSError),
                 )
             if delay and not await self._pause(delay):
@@ -314,7 +323,15 @@ class ConnectionPoller:
         lease = await self._renew()
         if lease is None:
             raise LeaseLost
-        token = self._open_token(lease)
+        try:
+            token = self._open_token(lease)
+        except VaultError as exc:
+            # Not transient: no retry opens it until an operator restores the key
+            # or replaces the token, so the connection says so.
+            self._status_ok = False
+            self._report_fault("polling_credentials_unreadable", type(exc).__name__)
+            await self._set_status(ConnectionStatus.action_required, CREDENTIALS_UNREADABLE_HINT)
+            return self._delays.token_rejected
         try:
             updates = await self._unless_stopped(
                 self._telegram.get_updates(
@@ -338,6 +355,7 @@ class ConnectionPoller:
             )
             return delay
         self._backoff.reset()
+        self._fault = None
         if not self._status_ok:
             await self._set_status(ConnectionStatus.active, None)
             self._status_ok = True
@@ -390,9 +408,8 @@ class ConnectionPoller:
             self._log.warning("polling_lease_release_failed", error_type=type(exc).__name__)
 
     def _open_token(self, lease: _Lease) -> BotToken:
-        # secret_context only reads the id and workspace id: a transient row will do.
-        row = TelegramConnection(id=self.connection_id, workspace_id=lease.workspace_id)
-        return BotToken(self._vault.open(lease.sealed_token, secret_context(row, "bot_token")))
+        context = credential_context(self.connection_id, lease.workspace_id, "bot_token")
+        return BotToken(self._vault.open(lease.sealed_token, context))
 
     # -- storing -----------------------------------------------------------------
 
@@ -496,6 +513,17 @@ class ConnectionPoller:
         return items
 
     # -- failures and status -----------------------------------------------------
+
+    def _report_fault(
+        self, event: str, error_type: str, *, exc_info: bool = False, **fields: Any
+    ) -> None:
+        """Log a failure as an error when it starts, and at debug level while it repeats."""
+        fault = f"{event}:{error_type}"
+        if fault == self._fault:
+            self._log.debug(event, error_type=error_type, repeated=True, **fields)
+            return
+        self._fault = fault
+        self._log.error(event, error_type=error_type, exc_info=exc_info, **fields)
 
     async def _on_telegram_error(self, exc: TelegramError) -> float:
         """Report what the user must fix, if anything; returns the wait before retrying."""

@@ -12,6 +12,7 @@ with nothing left to rotate changes nothing.
 
 from __future__ import annotations
 
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -66,7 +67,18 @@ class SealedField:
     def label(self) -> str:
         return f"{self.table.name}.{self.column}"
 
-    def context(self, row_id: object, workspace_id: object) -> SecretContext:
+    def context(self, row_id: uuid.UUID, workspace_id: uuid.UUID) -> SecretContext:
+        """The associated data of this column's ciphertext in one row: the one way to build it.
+
+        Only UUIDs are accepted: a backend or column type that hands back another
+        spelling (SQLite's undashed hex for an untyped column) would otherwise seal
+        or open with different associated data and fail as "altered" far from the cause.
+        """
+        for name, value in (("row_id", row_id), ("workspace_id", workspace_id)):
+            if not isinstance(value, uuid.UUID):
+                raise TypeError(
+                    f"{self.label}: {name} must be a uuid.UUID, not {type(value).__name__}"
+                )
         return SecretContext(self.table.name, self.column, str(row_id), str(workspace_id))
 
 

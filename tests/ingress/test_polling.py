@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog.testing
+from pydantic import SecretStr
 from redis.asyncio import Redis
 from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
@@ -31,6 +33,7 @@ from app.ingress.models import Contact, Conversation, ConversationMessage, Teleg
 from app.ingress.polling import (
     CONFLICT_OTHER_CONSUMER_HINT,
     CONFLICT_WEBHOOK_HINT,
+    CREDENTIALS_UNREADABLE_HINT,
     UNAUTHORIZED_HINT,
     Backoff,
     RetryDelays,
@@ -628,6 +631,47 @@ async def test_a_rejected_poll_asks_for_action_and_the_next_success_clears_it(
         await wait_until_stored(
             db_session_factory, connection_id, [update_id], "the update after recovery"
         )
+
+
+async def test_credentials_the_vault_cannot_open_ask_for_action_and_are_logged_once(
+    polling_settings: Settings,
+    workspace: WorkspaceFixture,
+    telegram_double: TelegramDouble,
+    db_session_factory: async_sessionmaker[AsyncSession],
+) -> None:
+    """A worker without the key that sealed the token: the operator sees it on the
+    connection and in one log line, not in a traceback per retry."""
+    [(bot, connection_id)] = await connect_polling_bots(
+        polling_settings, workspace, telegram_double
+    )
+    wrong_keys = polling_settings.model_copy(
+        update={"vault_keys": SecretStr("other1:" + "B" * 42 + "Q")}
+    )
+
+    async def reported(expected: tuple[str, str | None]) -> bool:
+        row = await connection_row(db_session_factory, connection_id)
+        return (row.status, row.status_hint) == expected
+
+    with structlog.testing.capture_logs() as logs:
+        async with running_worker(wrong_keys, retry_delays=FAST):
+            await eventually(
+                lambda: reported(("action_required", CREDENTIALS_UNREADABLE_HINT)),
+                "the unreadable credentials reported",
+            )
+            await eventually(
+                lambda: sum(e.get("repeated", False) for e in logs) >= 3, "a few retries"
+            )
+    faults = [e for e in logs if e["event"] == "polling_credentials_unreadable"]
+    assert [e["log_level"] for e in faults if not e.get("repeated")] == ["error"]
+    assert all(e["log_level"] == "debug" for e in faults if e.get("repeated"))
+    assert not any(e.get("exc_info") for e in faults)
+    assert telegram_double.calls_for("getUpdates", bot=bot) == []
+
+    # With the right key again, the next cycle polls and clears the fault.
+    update_id = telegram_double.queue_update(bot, text_message(501, "hello"))
+    async with running_worker(polling_settings, retry_delays=FAST):
+        await eventually(lambda: reported(("active", None)), "the status to recover")
+        await wait_until_stored(db_session_factory, connection_id, [update_id], "the update")
 
 
 async def test_transient_failures_are_retried_without_flagging_the_connection(

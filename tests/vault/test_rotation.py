@@ -383,3 +383,15 @@ async def test_batch_size_must_be_positive(
 ) -> None:
     with pytest.raises(ValueError, match="batch_size"):
         await rotate(pg, vault_ba, batch_size=0, fields=[FIELD])
+
+
+def test_a_context_is_built_from_uuids_only() -> None:
+    """The undashed hex an untyped SQLite column hands back must fail loudly here, not
+    later as a ciphertext that "belongs to another row"."""
+    row_id, workspace_id = uuid.uuid4(), uuid.uuid4()
+    context = FIELD.context(row_id, workspace_id)
+    assert (context.row_id, context.workspace_id) == (str(row_id), str(workspace_id))
+    with pytest.raises(TypeError, match=r"workspace_id must be a uuid\.UUID"):
+        FIELD.context(row_id, workspace_id.hex)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"row_id must be a uuid\.UUID"):
+        FIELD.context(str(row_id), workspace_id)  # type: ignore[arg-type]
