@@ -1,5 +1,6 @@
 # Two commands on a fresh machine:
-#   make run    - the service on its embedded default (SQLite file, in-process limiter)
+#   make run    - the service on its embedded default (SQLite file, in-process limiter),
+#                 the API and the worker in one process
 #   make test   - lint, type-check and the whole test suite (needs PostgreSQL and Redis)
 PYTHON ?= python3
 VENV := .venv
@@ -22,7 +23,7 @@ install: $(STAMP)
 
 run: $(STAMP)
 	$(BIN)/integrations migrate
-	$(BIN)/integrations serve --host $(HOST) --port $(PORT)
+	$(BIN)/integrations serve --with-worker --host $(HOST) --port $(PORT)
 
 lint: $(STAMP)
 	$(BIN)/ruff check $(LINT_PATHS)

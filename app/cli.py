@@ -32,6 +32,12 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the HTTP API and the settings UI")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument(
+        "--with-worker",
+        action="store_true",
+        help="also run the worker (long polling, housekeeping) in this process, "
+        "as `make run` does on the embedded default",
+    )
 
     commands.add_parser("worker", help="run the worker: long-polling ingestion and housekeeping")
     commands.add_parser("migrate", help="apply database migrations")
@@ -55,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _serve(settings: Settings, host: str, port: int) -> int:
+def _serve(settings: Settings, host: str, port: int, with_worker: bool) -> int:
     import uvicorn
 
     from app.main import create_app
@@ -64,7 +70,7 @@ def _serve(settings: Settings, host: str, port: int) -> int:
     # Refuse to start on a missing or malformed keyring with a clear message,
     # before uvicorn turns it into a failed lifespan.
     load_keyring(settings)
-    app = create_app(settings)
+    app = create_app(settings, with_worker=with_worker)
     # log_config=None: keep our structlog pipeline (and its redaction) for uvicorn's lines.
     uvicorn.run(
         app,
@@ -166,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         if args.command == "serve":
-            return _serve(settings, args.host, args.port)
+            return _serve(settings, args.host, args.port, args.with_worker)
         if args.command == "worker":
             return asyncio.run(_worker(settings))
         if args.command == "migrate":

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, nullcontext, suppress
 
+import structlog
 from fastapi import FastAPI
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
@@ -20,6 +22,8 @@ from app.ingress.router import router as inbox_router
 from app.logging import configure_logging
 from app.middleware import RequestContextMiddleware
 from app.runtime import Runtime, open_runtime
+
+logger = structlog.get_logger("app.main")
 
 
 class _WebhookEndpoint:
@@ -56,7 +60,36 @@ class IntegrationsApp(FastAPI):
         await super().__call__(scope, receive, send)
 
 
-def create_app(settings: Settings | None = None, *, configure_logs: bool = True) -> FastAPI:
+@asynccontextmanager
+async def _worker_alongside(settings: Settings) -> AsyncIterator[None]:
+    """Run the worker (`app.worker.run_worker`) as a task of this process while the app runs.
+
+    The embedded default's one-command mode (`serve --with-worker`, what `make run`
+    starts): a laptop gets polling ingestion without a second terminal. It stops
+    with the server's lifespan, so SIGTERM stops both, the worker gracefully.
+    """
+    from app.worker import run_worker
+
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_worker(settings, stop=stop), name="embedded-worker")
+
+    def report_crash(done: asyncio.Task[None]) -> None:
+        if not done.cancelled() and done.exception() is not None:
+            logger.error("embedded_worker_failed", error_type=type(done.exception()).__name__)
+
+    task.add_done_callback(report_crash)
+    try:
+        yield
+    finally:
+        stop.set()
+        with suppress(Exception):
+            await task
+
+
+def create_app(
+    settings: Settings | None = None, *, configure_logs: bool = True, with_worker: bool = False
+) -> FastAPI:
+    """The HTTP application; `with_worker` also runs the worker in this process."""
     settings = settings or get_settings()
     if configure_logs:
         configure_logging(
@@ -75,7 +108,8 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
             gc.collect()
             gc.freeze()
             try:
-                yield
+                async with _worker_alongside(settings) if with_worker else nullcontext():
+                    yield
             finally:
                 gc.unfreeze()
 

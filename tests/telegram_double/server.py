@@ -23,13 +23,13 @@ class ServerThread:
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
 
-    def start(self) -> str:
-        """Start serving; returns the base URL `http://127.0.0.1:PORT`."""
+    def start(self, port: int = 0) -> str:
+        """Start serving on `port` (0: any free one); returns `http://127.0.0.1:PORT`."""
         # proto must be IPPROTO_TCP: asyncio sets TCP_NODELAY on accepted sockets
         # only then, and without it every answer stalls ~40 ms on delayed ACKs.
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
+        sock.bind(("127.0.0.1", port))
         port = sock.getsockname()[1]
         config = uvicorn.Config(
             self._app,

@@ -952,3 +952,34 @@ async def test_updates_outside_allowed_updates_are_not_created(
     assert target.requests == []
     update = load_update("08_my_chat_member")
     assert await telegram_double.deliver(bot, update, client=client) == 200
+
+
+def test_the_standalone_double_prints_a_bot_and_queues_messages_for_it() -> None:
+    """`python -m tests.telegram_double`, as the README's walkthrough uses it."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tests.telegram_double"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        started = json.loads(process.stdout.readline())
+        base_url, token = started["base_url"], started["token"]
+        me = httpx.get(f"{base_url}/bot{token}/getMe", timeout=10).json()
+        assert me["ok"] and me["result"]["id"] == started["bot_id"]
+        queued = httpx.post(
+            f"{base_url}/_double/bots/{started['bot_id']}/messages",
+            json={"chat_id": 501, "text": "hi"},
+            timeout=10,
+        )
+        assert queued.status_code == 201
+        updates = httpx.post(f"{base_url}/bot{token}/getUpdates", timeout=10).json()["result"]
+        assert [u["message"]["text"] for u in updates] == ["hi"]
+        assert updates[0]["update_id"] == queued.json()["update_id"]
+        refused = httpx.post(f"{base_url}/_double/bots/1/messages", json={"chat_id": 1}, timeout=10)
+        assert refused.status_code == 400
+    finally:
+        process.terminate()
+        process.communicate(timeout=15)
+    assert process.returncode == 0
