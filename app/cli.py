@@ -127,17 +127,27 @@ async def _workspace_create(settings: Settings, name: str, as_json: bool) -> int
 
 
 async def _vault(settings: Settings, command: str, batch_size: int) -> int:
-    import app.models  # noqa: F401 - registers every sealed column with the vault
     from app.db import create_engine, create_session_factory
-    from app.vault import RotationProgress, Vault, load_keyring, rotate, vault_status
+    from app.models import metadata
+    from app.vault import (
+        RotationProgress,
+        Vault,
+        load_keyring,
+        rotate,
+        rotation_lines,
+        sealed_fields,
+        status_lines,
+        vault_status,
+    )
 
     keyring = load_keyring(settings)
     engine = create_engine(settings.effective_database_url)
     try:
         factory = create_session_factory(engine)
+        fields = sealed_fields(metadata.sorted_tables)
         if command == "status":
-            status = await vault_status(factory, keyring)
-            print("\n".join(status.lines()))
+            status = await vault_status(factory, keyring, fields)
+            print("\n".join(status_lines(status)))
             return 0 if status.ok else 1
 
         def progress(step: RotationProgress) -> None:
@@ -151,8 +161,10 @@ async def _vault(settings: Settings, command: str, batch_size: int) -> int:
 
         if batch_size < 1:
             raise CommandError("--batch-size must be at least 1")
-        report = await rotate(factory, Vault(keyring), batch_size=batch_size, progress=progress)
-        print("\n".join(report.lines()))
+        report = await rotate(
+            factory, Vault(keyring), fields=fields, batch_size=batch_size, progress=progress
+        )
+        print("\n".join(rotation_lines(report)))
         return 0 if report.ok else 1
     finally:
         await engine.dispose()

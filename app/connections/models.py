@@ -16,7 +16,8 @@ from app.vault import (
     SealedSecret,
     SealedSecretType,
     SecretContext,
-    register_sealed_field,
+    lookup_hash_info,
+    sealed_fields,
 )
 
 
@@ -76,12 +77,16 @@ class TelegramConnection(Base):
     bot_first_name: Mapped[str] = mapped_column(String(256))
 
     bot_token: Mapped[SealedSecret | None] = mapped_column(SealedSecretType, nullable=True)
-    webhook_secret: Mapped[SealedSecret | None] = mapped_column(SealedSecretType, nullable=True)
+    webhook_secret: Mapped[SealedSecret | None] = mapped_column(
+        SealedSecretType, nullable=True, info=lookup_hash_info("webhook_secret_hash")
+    )
     webhook_secret_hash: Mapped[str | None] = mapped_column(String(100), nullable=True)
     # After rotate-secret the previous secret keeps working for a grace period.
     previous_secret_hash: Mapped[str | None] = mapped_column(String(100), nullable=True)
     previous_secret_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
-    webhook_key: Mapped[SealedSecret | None] = mapped_column(SealedSecretType, nullable=True)
+    webhook_key: Mapped[SealedSecret | None] = mapped_column(
+        SealedSecretType, nullable=True, info=lookup_hash_info("webhook_key_hash")
+    )
     webhook_key_hash: Mapped[str | None] = mapped_column(String(100), nullable=True, unique=True)
 
     # Long-polling mode: the next getUpdates offset, advanced only after storage.
@@ -104,12 +109,7 @@ class TelegramConnection(Base):
 
 CONNECTIONS_TABLE = cast(Table, TelegramConnection.__table__)
 SEALED_FIELDS: dict[str, SealedField] = {
-    field.column: register_sealed_field(field)
-    for field in (
-        SealedField(CONNECTIONS_TABLE, "bot_token"),
-        SealedField(CONNECTIONS_TABLE, "webhook_secret", hash_column="webhook_secret_hash"),
-        SealedField(CONNECTIONS_TABLE, "webhook_key", hash_column="webhook_key_hash"),
-    )
+    field.column: field for field in sealed_fields([CONNECTIONS_TABLE])
 }
 
 

@@ -3,7 +3,7 @@
 Typical use::
 
     vault = Vault(load_keyring(settings))
-    context = SecretContext("connections", "bot_token", str(row.id), str(row.workspace_id))
+    context = SealedField(table, "bot_token").context(row.id, row.workspace_id)
     row.bot_token = vault.seal(token, context)       # a SealedSecretType column
     token = vault.open(row.bot_token, context)       # explicit decryption
     row.webhook_secret_hash = vault.lookup_hash(secret)
@@ -19,6 +19,7 @@ from app.vault.envelope import (
     Vault,
     VaultError,
 )
+from app.vault.fields import SealedField, lookup_hash_info, sealed_fields
 from app.vault.keyring import (
     Keyring,
     KeyringError,
@@ -27,18 +28,9 @@ from app.vault.keyring import (
     load_keyring,
     parse_keyring,
 )
-from app.vault.rotation import (
-    FieldRotation,
-    FieldStatus,
-    RotationProgress,
-    RotationReport,
-    SealedField,
-    VaultStatus,
-    register_sealed_field,
-    rotate,
-    sealed_fields,
-    vault_status,
-)
+from app.vault.report import rotation_lines, status_lines
+from app.vault.rotation import FieldRotation, RotationProgress, RotationReport, rotate
+from app.vault.status import FieldStatus, VaultStatus, vault_status
 
 __all__ = [
     "FORMAT_VERSION",
@@ -60,9 +52,11 @@ __all__ = [
     "VaultStatus",
     "generate_key_entry",
     "load_keyring",
+    "lookup_hash_info",
     "parse_keyring",
-    "register_sealed_field",
     "rotate",
+    "rotation_lines",
     "sealed_fields",
+    "status_lines",
     "vault_status",
 ]

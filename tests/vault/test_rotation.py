@@ -26,10 +26,13 @@ from app.vault import (
     SealedSecretType,
     Vault,
     VaultKey,
+    lookup_hash_info,
     rotate,
+    rotation_lines,
+    sealed_fields,
+    status_lines,
     vault_status,
 )
-from app.vault import rotation as rotation_module
 
 metadata = sa.MetaData()
 secrets_table = sa.Table(
@@ -37,7 +40,7 @@ secrets_table = sa.Table(
     metadata,
     sa.Column("id", sa.Uuid, primary_key=True),
     sa.Column("workspace_id", sa.Uuid, nullable=False),
-    sa.Column("token", SealedSecretType, nullable=True),
+    sa.Column("token", SealedSecretType, nullable=True, info=lookup_hash_info("token_hash")),
     sa.Column("token_hash", sa.String(100), nullable=True),
 )
 FIELD = SealedField(secrets_table, "token", hash_column="token_hash")
@@ -136,8 +139,8 @@ async def test_full_rotation_on_postgresql(
     before = await vault_status(pg, vault_b.keyring, [FIELD], batch_size=4)
     assert before.missing_key_ids == ("kA",)
     assert not before.ok
-    assert any("MISSING" in line and "kA" in line for line in before.lines())
-    assert before.lines()[-1] == "status: PROBLEM"
+    assert any("MISSING" in line and "kA" in line for line in status_lines(before))
+    assert status_lines(before)[-1] == "status: PROBLEM"
 
     during = await vault_status(pg, vault_ba.keyring, [FIELD], batch_size=4)
     assert during.ok
@@ -146,7 +149,7 @@ async def test_full_rotation_on_postgresql(
     assert during.key_ids_in_use == ("kA",)
     assert during.pending_rotation == 46
     assert during.fields[0].rows == 24
-    assert during.lines()[-1] == "status: OK"
+    assert status_lines(during)[-1] == "status: OK"
 
     progress: list[RotationProgress] = []
     report = await rotate(pg, vault_ba, batch_size=5, progress=progress.append, fields=[FIELD])
@@ -161,7 +164,7 @@ async def test_full_rotation_on_postgresql(
     assert [p.examined for p in progress] == [5, 10, 15, 20, 23]
     assert progress[-1].rotated == 23
     assert progress[-1].field == "vault_rotation_secrets.token"
-    assert "status: OK" in report.lines()
+    assert "status: OK" in rotation_lines(report)
 
     await assert_all_under(pg, vault_b, rows)
     assert (await load_all(pg))[null_id] == (None, None)
@@ -231,7 +234,7 @@ async def test_failures_are_reported_and_the_run_continues(
     assert sum(failures.values()) == 3
     assert any(reason.startswith("decryption failed under key id 'kA'") for reason in failures)
     assert set(report.fields[0].failed_row_ids) == {str(r.id) for r in [*lost, *moved]}
-    summary = "\n".join(report.lines())
+    summary = "\n".join(rotation_lines(report))
     assert "lost_1" in summary and "FAILURES" in summary
 
     await assert_all_under(pg, vault_b, good)
@@ -297,7 +300,7 @@ async def test_concurrent_change_is_skipped_not_overwritten(
         report = await asyncio.wait_for(task, timeout=10)
 
     assert (report.examined, report.rotated, report.skipped_concurrent) == (2, 1, 1)
-    assert any("run rotate again" in line for line in report.lines())
+    assert any("run rotate again" in line for line in rotation_lines(report))
     token, _ = (await load_all(pg))[row.id]
     assert token == app_token  # the app's write survived, byte for byte
 
@@ -344,30 +347,27 @@ async def test_sqlite_like_case_insensitivity_does_not_hide_rows(
         await engine.dispose()
 
 
-def test_registry(monkeypatch: pytest.MonkeyPatch) -> None:
-    # An empty registry of our own: other tests must not see this table.
-    monkeypatch.setattr(rotation_module, "_registry", [])
-    assert rotation_module.sealed_fields() == ()
-    assert rotation_module.register_sealed_field(FIELD) is FIELD
-    rotation_module.register_sealed_field(SealedField(secrets_table, "token", "token_hash"))
-    assert rotation_module.sealed_fields() == (FIELD,)
-    with pytest.raises(ValueError, match="already registered"):
-        rotation_module.register_sealed_field(SealedField(secrets_table, "token"))
-    assert rotation_module.sealed_fields() == (FIELD,)
+def test_sealed_fields_are_found_from_the_tables_with_their_hash_columns() -> None:
+    assert sealed_fields([secrets_table]) == (FIELD,)
+    plain = sa.Table("vault_plain", sa.MetaData(), sa.Column("id", sa.Uuid, primary_key=True))
+    assert sealed_fields([plain]) == ()
 
 
-async def test_registered_fields_are_the_default(
-    pg: Sessions,
-    vault_a: Vault,
-    vault_ba: Vault,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(rotation_module, "_registry", [])
-    await insert_rows(pg, vault_a, 2)
-    assert (await vault_status(pg, vault_ba.keyring)).fields == ()
-    rotation_module.register_sealed_field(FIELD)
-    assert (await vault_status(pg, vault_ba.keyring)).ciphertexts_by_key == {"kA": 2}
-    assert (await rotate(pg, vault_ba)).rotated == 2
+def test_every_sealed_column_of_the_service_is_rotated() -> None:
+    """Found by type, not registered: no sealed column can be left out of rotation."""
+    from app.models import metadata as service_metadata
+
+    labels = {f.label for f in sealed_fields(service_metadata.sorted_tables)}
+    sealed_columns = {
+        f"{table.name}.{column.name}"
+        for table in service_metadata.sorted_tables
+        for column in table.columns
+        if isinstance(column.type, SealedSecretType)
+    }
+    assert labels == sealed_columns
+    assert "telegram_connections.bot_token" in labels
+    hashes = {f.label: f.hash_column for f in sealed_fields(service_metadata.sorted_tables)}
+    assert hashes["telegram_connections.webhook_key"] == "webhook_key_hash"
 
 
 def test_sealed_field_checks_columns() -> None:
@@ -375,6 +375,8 @@ def test_sealed_field_checks_columns() -> None:
         SealedField(secrets_table, "token", hash_column="nope")
     with pytest.raises(ValueError, match="no column 'tenant_id'"):
         SealedField(secrets_table, "token", workspace_column="tenant_id")
+    with pytest.raises(ValueError, match="not a sealed-secret column"):
+        SealedField(secrets_table, "token_hash")
 
 
 async def test_batch_size_must_be_positive(
