@@ -18,15 +18,12 @@ import asyncio
 import os
 import secrets
 import socket
-import uuid
-from datetime import datetime
 
 import structlog
-from sqlalchemy import update
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import Settings
-from app.connections.models import CONNECTIONS_TABLE
+from app.connections.credentials import ConnectionCredentials
+from app.connections.repository import clear_expired_previous_secrets
 from app.db import utcnow
 from app.ingress.polling import (
     LEASE_MARGIN_SECONDS,
@@ -36,7 +33,7 @@ from app.ingress.polling import (
 )
 from app.runtime import Runtime, open_runtime
 
-__all__ = ["clear_expired_previous_secrets", "default_worker_id", "run_worker"]
+__all__ = ["default_worker_id", "run_worker"]
 
 logger = structlog.get_logger("app.worker")
 
@@ -75,7 +72,7 @@ async def run_worker(
     async with open_runtime(settings) as runtime:
         supervisor = PollerSupervisor(
             engine=runtime.engine,
-            vault=runtime.vault,
+            credentials=ConnectionCredentials(runtime.vault),
             telegram=runtime.telegram,
             owner=owner,
             long_poll_timeout=long_poll_timeout,
@@ -116,7 +113,8 @@ async def _refresh_pollers(supervisor: PollerSupervisor) -> None:
 
 async def _housekeeping(runtime: Runtime) -> None:
     try:
-        cleared = await clear_expired_previous_secrets(runtime.engine, utcnow())
+        async with runtime.engine.begin() as connection:
+            cleared = await clear_expired_previous_secrets(connection, utcnow())
     except Exception as exc:
         logger.warning("housekeeping_failed", error_type=type(exc).__name__)
         return
@@ -126,25 +124,3 @@ async def _housekeeping(runtime: Runtime) -> None:
         await runtime.directory.connection_changed(connection_id)
     if cleared:
         logger.info("previous_webhook_secrets_cleared", count=len(cleared))
-
-
-async def clear_expired_previous_secrets(engine: AsyncEngine, now: datetime) -> list[uuid.UUID]:
-    """Forget the previous webhook secrets whose grace period ended; returns their connections.
-
-    The webhook already refuses an expired previous secret; this removes the
-    hash so that nothing outlives its purpose in the database.
-    """
-    table = CONNECTIONS_TABLE
-    stmt = (
-        update(table)
-        .where(table.c.previous_secret_expires_at < now)
-        .values(
-            previous_secret_hash=None,
-            previous_secret_expires_at=None,
-            # Tidying, not an edit of the connection.
-            updated_at=table.c.updated_at,
-        )
-        .returning(table.c.id)
-    )
-    async with engine.begin() as connection:
-        return list((await connection.execute(stmt)).scalars())

@@ -352,18 +352,19 @@ def service_settings(fixture: Fixture, port: int, log_level: str = "WARNING") ->
 
 
 async def _seed(fixture: Fixture) -> None:
-    """A workspace and one webhook connection, sealed as ConnectionService.create does."""
+    """A workspace and one webhook connection, sealed by the service's own credential code."""
     from app.auth.service import create_workspace
     from app.config import Settings
+    from app.connections.credentials import ConnectionCredentials
     from app.connections.models import (
         ApprovalMode,
         ConnectionMode,
         ConnectionStatus,
         TelegramConnection,
-        secret_context,
     )
     from app.connections.webhook import generate_webhook_key, generate_webhook_secret
     from app.db import create_engine, create_session_factory, new_id, utcnow
+    from app.telegram.types import BotToken
     from app.vault import Vault, load_keyring
 
     settings = Settings(
@@ -372,7 +373,7 @@ async def _seed(fixture: Fixture) -> None:
         database_url=fixture.database_url,
         vault_keys=fixture.vault_keys,
     )
-    vault = Vault(load_keyring(settings))
+    credentials = ConnectionCredentials(Vault(load_keyring(settings)))
     engine = create_engine(fixture.database_url)
     try:
         async with create_session_factory(engine)() as session:
@@ -381,24 +382,17 @@ async def _seed(fixture: Fixture) -> None:
                 id=new_id(),
                 workspace_id=workspace.id,
                 name="benchmark bot",
-                status=ConnectionStatus.active.value,
-                mode=ConnectionMode.webhook.value,
-                approval_mode=ApprovalMode.required.value,
+                status=ConnectionStatus.active,
+                mode=ConnectionMode.webhook,
+                approval_mode=ApprovalMode.required,
                 bot_id=BENCH_BOT_ID,
                 bot_username="ingress_bench_bot",
                 bot_first_name="Ingress bench",
                 created_at=utcnow(),
             )
             secret, key = generate_webhook_secret(), generate_webhook_key()
-            connection.bot_token = vault.seal(
-                BENCH_BOT_TOKEN, secret_context(connection, "bot_token")
-            )
-            connection.webhook_secret = vault.seal(
-                secret, secret_context(connection, "webhook_secret")
-            )
-            connection.webhook_secret_hash = vault.lookup_hash(secret)
-            connection.webhook_key = vault.seal(key, secret_context(connection, "webhook_key"))
-            connection.webhook_key_hash = vault.lookup_hash(key)
+            credentials.seal_token(connection, BotToken(BENCH_BOT_TOKEN))
+            credentials.seal_webhook(connection, secret, key)
             session.add(connection)
             await session.commit()
     finally:

@@ -10,7 +10,7 @@ from typing import cast
 from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Table, Text, Uuid, text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.db import Base, UTCDateTime, new_id, utcnow
+from app.db import Base, StrEnumType, UTCDateTime, new_id, utcnow
 from app.vault import (
     SealedField,
     SealedSecret,
@@ -66,10 +66,14 @@ class TelegramConnection(Base):
         Uuid, ForeignKey("workspaces.id", ondelete="CASCADE"), index=True
     )
     name: Mapped[str] = mapped_column(String(200))
-    status: Mapped[str] = mapped_column(String(32), default=ConnectionStatus.active.value)
+    status: Mapped[ConnectionStatus] = mapped_column(
+        StrEnumType(ConnectionStatus, 32), default=ConnectionStatus.active
+    )
     status_hint: Mapped[str | None] = mapped_column(Text, nullable=True)
-    mode: Mapped[str] = mapped_column(String(16))
-    approval_mode: Mapped[str] = mapped_column(String(16), default=ApprovalMode.required.value)
+    mode: Mapped[ConnectionMode] = mapped_column(StrEnumType(ConnectionMode, 16))
+    approval_mode: Mapped[ApprovalMode] = mapped_column(
+        StrEnumType(ApprovalMode, 16), default=ApprovalMode.required
+    )
     daily_limit: Mapped[int] = mapped_column(Integer, default=1000)
 
     bot_id: Mapped[int] = mapped_column(BigInteger)

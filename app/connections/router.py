@@ -8,9 +8,6 @@ from typing import Annotated
 from fastapi import APIRouter, Depends
 
 from app.connections.models import (
-    ApprovalMode,
-    ConnectionMode,
-    ConnectionStatus,
     TelegramConnection,
 )
 from app.connections.schemas import (
@@ -34,15 +31,15 @@ def connection_out(connection: TelegramConnection) -> ConnectionOut:
     return ConnectionOut(
         id=connection.id,
         name=connection.name,
-        status=ConnectionStatus(connection.status),
+        status=connection.status,
         status_hint=connection.status_hint,
-        mode=ConnectionMode(connection.mode),
+        mode=connection.mode,
         bot=BotOut(
             id=connection.bot_id,
             username=connection.bot_username,
             first_name=connection.bot_first_name,
         ),
-        approval_mode=ApprovalMode(connection.approval_mode),
+        approval_mode=connection.approval_mode,
         daily_limit=connection.daily_limit,
         created_at=connection.created_at,
         updated_at=connection.updated_at,

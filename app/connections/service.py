@@ -23,6 +23,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.service import AuthContext
+from app.connections.credentials import (
+    ConnectionCredentials,
+    MissingCredential,
+    destroy_credentials,
+)
 from app.connections.errors import (
     BotAlreadyConnected,
     BotAlreadyConnectedHere,
@@ -38,9 +43,21 @@ from app.connections.models import (
     ConnectionMode,
     ConnectionStatus,
     TelegramConnection,
-    secret_context,
 )
 from app.connections.repository import ConnectionRepository, find_live_connection_by_bot
+from app.connections.status import (
+    MANUAL_CLEANUP_HINT,
+    NO_WEBHOOK_HINT,
+    STATUS_FOR_VERDICT,
+    UNAUTHORIZED_HINT,
+    UNSETTLED_ROTATION_HINT,
+    Verdict,
+    delivery_errors_hint,
+    registration_failed_hint,
+    unsettled_rotation_hint,
+    webhook_blocks_polling_hint,
+    webhook_elsewhere_hint,
+)
 from app.connections.webhook import (
     ALLOWED_UPDATES,
     generate_webhook_key,
@@ -64,7 +81,6 @@ from app.telegram.errors import (
     TelegramUnauthorized,
 )
 from app.telegram.types import BotToken, BotUser, WebhookInfo
-from app.vault import Vault
 
 logger = structlog.get_logger("app.connections")
 T = TypeVar("T")
@@ -78,21 +94,11 @@ MAX_SET_WEBHOOK_WAIT = 5.0
 # valid as long as Telegram keeps retrying a delivery.
 UNSETTLED_SECRET_GRACE = timedelta(hours=24)
 HEALTH_CHECK_LIMIT = RateLimit.per_minute(30, burst=10)
-UNSETTLED_HINT = (
-    "Telegram was not told the new webhook secret. Both the old and the new secret "
-    "are accepted meanwhile; resync to finish the rotation."
-)
-MANUAL_CLEANUP_HINT = (
-    "Telegram did not confirm deleteWebhook. The connection and its stored credentials "
-    "are gone; if the bot still has a webhook, call "
-    "https://api.telegram.org/bot<token>/deleteWebhook with the bot's token, or revoke "
-    "the token in @BotFather."
-)
 
 
 @dataclass
 class HealthReport:
-    verdict: str
+    verdict: Verdict
     hint: str | None
     webhook_url_is_ours: bool
     pending_update_count: int | None = None
@@ -151,7 +157,7 @@ class ConnectionService:
     def __init__(self, session: AsyncSession, runtime: Runtime, auth: AuthContext) -> None:
         self.session = session
         self.settings = runtime.settings
-        self.vault: Vault = runtime.vault
+        self.credentials = ConnectionCredentials(runtime.vault)
         self.telegram: TelegramClient = runtime.telegram
         self.directory = runtime.directory
         self.locks = runtime.locks
@@ -185,17 +191,17 @@ class ConnectionService:
             id=new_id(),
             workspace_id=self.auth.workspace_id,
             name=name or _default_name(bot),
-            status=ConnectionStatus.active.value,
-            mode=self._mode().value,
-            approval_mode=ApprovalMode.required.value,
+            status=ConnectionStatus.active,
+            mode=self._mode(),
+            approval_mode=ApprovalMode.required,
             bot_id=bot.id,
             bot_username=bot.username,
             bot_first_name=bot.first_name,
             created_at=utcnow(),
         )
         secret, key = generate_webhook_secret(), generate_webhook_key()
-        self._seal_token(connection, token)
-        self._seal_webhook_credentials(connection, secret, key)
+        self.credentials.seal_token(connection, token)
+        self.credentials.seal_webhook(connection, secret, key)
         self.repository.add(connection)
         try:
             await self.session.commit()
@@ -213,7 +219,7 @@ class ConnectionService:
                 await self._withdraw_our_webhook(connection, token)
             # Released, not erased: Telegram may already have delivered updates to
             # this connection, and those were acknowledged.
-            self._destroy_credentials(connection)
+            destroy_credentials(connection)
             await self.session.commit()
             await self.directory.connection_changed(connection.id)
             raise
@@ -247,7 +253,7 @@ class ConnectionService:
         if name is not None:
             connection.name = name
         if approval_mode is not None:
-            connection.approval_mode = approval_mode.value
+            connection.approval_mode = approval_mode
         if daily_limit is not None:
             connection.daily_limit = daily_limit
         connection.updated_at = utcnow()
@@ -264,18 +270,15 @@ class ConnectionService:
             info = await self.telegram.get_webhook_info(token)
         except (TelegramUnauthorized, TelegramNotFound):
             report = HealthReport(
-                verdict="action_required",
-                hint="Telegram rejects the bot token: it was revoked or regenerated. "
-                "Paste the bot's current token from @BotFather (Replace token).",
+                verdict=Verdict.action_required,
+                hint=UNAUTHORIZED_HINT,
                 webhook_url_is_ours=False,
             )
         except TelegramError as exc:
             raise telegram_failure(exc) from None
         else:
             report = self._judge(connection, info)
-        connection.status = (
-            ConnectionStatus.active.value if report.verdict == "healthy" else report.verdict
-        )
+        connection.status = STATUS_FOR_VERDICT[report.verdict]
         connection.status_hint = report.hint
         connection.last_checked_at = utcnow()
         return report
@@ -286,7 +289,7 @@ class ConnectionService:
             datetime.fromtimestamp(info.last_error_date, UTC) if info.last_error_date else None
         )
         report = HealthReport(
-            verdict="healthy",
+            verdict=Verdict.healthy,
             hint=None,
             webhook_url_is_ours=ours,
             pending_update_count=info.pending_update_count,
@@ -294,28 +297,16 @@ class ConnectionService:
             last_error_message=info.last_error_message,
         )
         if self._rotation_unsettled(connection):
-            report.verdict, report.hint = "action_required", UNSETTLED_HINT
-        elif connection.mode == ConnectionMode.webhook.value and not ours:
-            report.verdict = "action_required"
-            report.hint = (
-                f"The bot's webhook points to {host_of(info.url)}: another app took it over. "
-                "Resync to point it back here (the other app stops receiving updates)."
-                if info.url
-                else "The bot has no webhook, so no updates arrive. Resync to register it again."
-            )
-        elif connection.mode == ConnectionMode.polling.value and info.url:
-            report.verdict = "action_required"
-            report.hint = (
-                f"A webhook to {host_of(info.url)} is set, which stops long polling. "
-                "Resync to remove it (the other app stops receiving updates)."
-            )
+            report.verdict, report.hint = Verdict.action_required, UNSETTLED_ROTATION_HINT
+        elif connection.mode == ConnectionMode.webhook and not ours:
+            report.verdict = Verdict.action_required
+            report.hint = webhook_elsewhere_hint(host_of(info.url)) if info.url else NO_WEBHOOK_HINT
+        elif connection.mode == ConnectionMode.polling and info.url:
+            report.verdict = Verdict.action_required
+            report.hint = webhook_blocks_polling_hint(host_of(info.url))
         elif last_error_date is not None and utcnow() - last_error_date < DEGRADED_WINDOW:
-            report.verdict = "degraded"
-            report.hint = (
-                f"Telegram reports delivery errors: {info.last_error_message or 'unknown error'}. "
-                "Check that this service is reachable at its public URL; Telegram retries "
-                "for up to 24 hours."
-            )
+            report.verdict = Verdict.degraded
+            report.hint = delivery_errors_hint(info.last_error_message)
         return report
 
     # -- credentials ---------------------------------------------------------------
@@ -338,10 +329,7 @@ class ConnectionService:
             now = utcnow()
             connection.previous_secret_hash = connection.webhook_secret_hash
             connection.previous_secret_expires_at = now + self._grace()
-            connection.webhook_secret = self.vault.seal(
-                secret, secret_context(connection, "webhook_secret")
-            )
-            connection.webhook_secret_hash = self.vault.lookup_hash(secret)
+            self.credentials.seal_secret(connection, secret)
             connection.updated_at = now
             # Durable (and known to every replica) first: Telegram may deliver with
             # the new secret the moment it has it; the old one stays valid meanwhile.
@@ -351,8 +339,8 @@ class ConnectionService:
                 await self._register(connection, token, secret, key)
             except AppError as exc:
                 connection.previous_secret_expires_at = utcnow() + UNSETTLED_SECRET_GRACE
-                connection.status = ConnectionStatus.action_required.value
-                connection.status_hint = f"{UNSETTLED_HINT} ({exc.message})"
+                connection.status = ConnectionStatus.action_required
+                connection.status_hint = unsettled_rotation_hint(exc.message)
                 await self.session.commit()
                 await self.directory.connection_changed(connection.id)
                 raise
@@ -369,7 +357,7 @@ class ConnectionService:
                 raise DifferentBot()
             # The new token is valid (getMe said so): keep it even if registering
             # fails below, which leaves the connection action_required with a hint.
-            self._seal_token(connection, token)
+            self.credentials.seal_token(connection, token)
             connection.bot_username, connection.bot_first_name = bot.username, bot.first_name
             connection.updated_at = utcnow()
             await self.session.commit()
@@ -381,7 +369,7 @@ class ConnectionService:
         """Register the webhook again (or remove it, in polling mode)."""
         async with self.locks.hold(f"connection:{connection_id}"):
             connection = await self.get(connection_id)
-            connection.mode = self._mode().value
+            connection.mode = self._mode()
             await self._reregister(connection, self._open_token(connection))
             # Telegram now has the current secret: an unsettled rotation's previous
             # secret only needs the ordinary grace period from here on.
@@ -398,13 +386,11 @@ class ConnectionService:
         try:
             await self._register(connection, token, secret, key)
         except AppError as exc:
-            connection.status = ConnectionStatus.action_required.value
-            connection.status_hint = (
-                f"Registering with Telegram failed: {exc.message} Resync to retry."
-            )
+            connection.status = ConnectionStatus.action_required
+            connection.status_hint = registration_failed_hint(exc.message)
             await self.session.commit()
             raise
-        connection.status = ConnectionStatus.active.value
+        connection.status = ConnectionStatus.active
         connection.status_hint = None
 
     # -- delete --------------------------------------------------------------------
@@ -431,7 +417,7 @@ class ConnectionService:
                     error_type=type(exc).__name__,
                 )
                 report.remote_cleanup, report.hint = "failed", MANUAL_CLEANUP_HINT
-            self._destroy_credentials(connection)
+            destroy_credentials(connection)
             # Committed here so that no replica can reload the old webhook route
             # between dropping it from the cache and the end of the request.
             await self.session.commit()
@@ -442,17 +428,6 @@ class ConnectionService:
                 remote_cleanup=report.remote_cleanup,
             )
             return report
-
-    def _destroy_credentials(self, connection: TelegramConnection) -> None:
-        connection.bot_token = None
-        connection.webhook_secret = None
-        connection.webhook_secret_hash = None
-        connection.webhook_key = None
-        connection.webhook_key_hash = None
-        connection.previous_secret_hash = None
-        connection.previous_secret_expires_at = None
-        connection.deleted_at = utcnow()
-        connection.updated_at = connection.deleted_at
 
     # -- helpers -------------------------------------------------------------------
 
@@ -493,35 +468,20 @@ class ConnectionService:
     def _mode(self) -> ConnectionMode:
         return ConnectionMode.webhook if self.settings.public_base_url else ConnectionMode.polling
 
-    def _seal_token(self, connection: TelegramConnection, token: BotToken) -> None:
-        connection.bot_token = self.vault.seal(
-            token.reveal(), secret_context(connection, "bot_token")
-        )
-
-    def _seal_webhook_credentials(
-        self, connection: TelegramConnection, secret: str, key: str
-    ) -> None:
-        connection.webhook_secret = self.vault.seal(
-            secret, secret_context(connection, "webhook_secret")
-        )
-        connection.webhook_secret_hash = self.vault.lookup_hash(secret)
-        connection.webhook_key = self.vault.seal(key, secret_context(connection, "webhook_key"))
-        connection.webhook_key_hash = self.vault.lookup_hash(key)
-
     def _open(self, connection: TelegramConnection, column: str) -> str:
-        sealed = getattr(connection, column)
-        if sealed is None:
-            raise NotFound("No such connection.")
-        return self.vault.open(sealed, secret_context(connection, column))
+        try:
+            return self.credentials.open(connection, column)
+        except MissingCredential:
+            raise NotFound("No such connection.") from None
 
     def _open_token(self, connection: TelegramConnection) -> BotToken:
         return BotToken(self._open(connection, "bot_token"))
 
     def _is_our_webhook(self, connection: TelegramConnection, url: str) -> bool:
-        if not self.settings.public_base_url or connection.webhook_key_hash is None:
+        if not self.settings.public_base_url:
             return False
         key = split_webhook_url(self.settings.public_base_url, url)
-        return key is not None and self.vault.matches(key, connection.webhook_key_hash)
+        return key is not None and self.credentials.key_matches(connection, key)
 
     async def _register(
         self, connection: TelegramConnection, token: BotToken, secret: str, key: str
@@ -529,7 +489,7 @@ class ConnectionService:
         """Point the bot at this service; returns warnings about what was replaced."""
         warnings: list[str] = []
         info = await telegram_call(self.telegram.get_webhook_info(token))
-        if connection.mode == ConnectionMode.polling.value:
+        if connection.mode == ConnectionMode.polling:
             if info.url:
                 warnings.append(
                     f"The bot's webhook to {host_of(info.url)} was removed: this service "

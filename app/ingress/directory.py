@@ -24,10 +24,9 @@ from datetime import datetime
 
 import structlog
 from redis.asyncio import Redis
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.connections.models import TelegramConnection
+from app.connections.repository import find_webhook_route
 from app.vault import Vault
 
 logger = structlog.get_logger("app.ingress")
@@ -124,19 +123,8 @@ class ConnectionDirectory:
         self._entries[digest] = (until, route)
 
     async def _load(self, key: str) -> WebhookRoute | None:
-        table = TelegramConnection
-        stmt = select(
-            table.id,
-            table.workspace_id,
-            table.webhook_secret_hash,
-            table.previous_secret_hash,
-            table.previous_secret_expires_at,
-        ).where(
-            table.webhook_key_hash.in_(self._vault.lookup_candidates(key)),
-            table.deleted_at.is_(None),
-        )
         async with self._engine.connect() as connection:
-            row = (await connection.execute(stmt)).first()
+            row = await find_webhook_route(connection, self._vault.lookup_candidates(key))
         if row is None:
             return None
         return WebhookRoute(

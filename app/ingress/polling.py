@@ -60,15 +60,18 @@ from functools import partial
 from typing import Any, TypeVar
 
 import structlog
-from sqlalchemy import ColumnElement, Update, and_, or_, select, update
+from sqlalchemy import Update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from app.connections.models import (
-    CONNECTIONS_TABLE,
-    ConnectionMode,
-    ConnectionStatus,
-    credential_context,
+from app.connections.credentials import ConnectionCredentials
+from app.connections.models import ConnectionStatus
+from app.connections.repository import PollingLeases
+from app.connections.status import (
+    CONFLICT_OTHER_CONSUMER_HINT,
+    CONFLICT_WEBHOOK_HINT,
+    CREDENTIALS_UNREADABLE_HINT,
+    UNAUTHORIZED_HINT,
 )
 from app.connections.webhook import ALLOWED_UPDATES
 from app.db import utcnow
@@ -83,16 +86,12 @@ from app.telegram.errors import (
 )
 from app.telegram.types import BotToken
 from app.telegram.updates import InvalidUpdate, parse_update
-from app.vault import SealedSecret, Vault, VaultError
+from app.vault import SealedSecret, VaultError
 
 __all__ = [
-    "CONFLICT_OTHER_CONSUMER_HINT",
-    "CONFLICT_WEBHOOK_HINT",
-    "CREDENTIALS_UNREADABLE_HINT",
     "GET_UPDATES_LIMIT",
     "LEASE_MARGIN_SECONDS",
     "SOURCE",
-    "UNAUTHORIZED_HINT",
     "Backoff",
     "ConnectionPoller",
     "PollerSupervisor",
@@ -103,7 +102,6 @@ __all__ = [
 logger = structlog.get_logger("app.ingress.polling")
 
 T = TypeVar("T")
-CONNECTIONS = CONNECTIONS_TABLE
 SOURCE = "polling"
 GET_UPDATES_LIMIT = 100
 # Added to one cycle's longest duration to get the lease time: room for the store,
@@ -111,27 +109,6 @@ GET_UPDATES_LIMIT = 100
 LEASE_MARGIN_SECONDS = 30.0
 # How long a stop waits for pollers to finish their current store before cancelling.
 STOP_GRACE_SECONDS = 10.0
-
-CONFLICT_WEBHOOK_HINT = (
-    "Telegram refuses long polling because a webhook is set for this bot (another app "
-    "may have taken it over). Resync the connection to remove the webhook (the other "
-    "app stops receiving updates)."
-)
-CONFLICT_OTHER_CONSUMER_HINT = (
-    "Another program is reading this bot's updates with getUpdates, and Telegram serves "
-    "only one. Stop the other program, or revoke the token in @BotFather and paste the "
-    "new one here (Replace token)."
-)
-CREDENTIALS_UNREADABLE_HINT = (
-    "The stored bot token cannot be decrypted with this service's vault keys: the key "
-    "that sealed it is missing from VAULT_KEYS (or the data was altered). Restore the "
-    "key (`integrations vault status` names the key ids in use), or paste the bot's "
-    "token again (Replace token)."
-)
-UNAUTHORIZED_HINT = (
-    "Telegram rejects the bot token: it was revoked or regenerated. Paste the bot's "
-    "current token from @BotFather (Replace token)."
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,30 +170,6 @@ class _Lease:
     offset: int | None
 
 
-def _pollable() -> ColumnElement[bool]:
-    """A live polling-mode connection with a token: the only kind that is polled."""
-    return and_(
-        CONNECTIONS.c.mode == ConnectionMode.polling.value,
-        CONNECTIONS.c.deleted_at.is_(None),
-        CONNECTIONS.c.bot_token.is_not(None),
-    )
-
-
-def _lease_available(owner: str, now: datetime) -> ColumnElement[bool]:
-    """The lease is free, expired, or already `owner`'s."""
-    return or_(
-        CONNECTIONS.c.poll_owner.is_(None),
-        CONNECTIONS.c.poll_owner == owner,
-        CONNECTIONS.c.poll_lease_until.is_(None),
-        CONNECTIONS.c.poll_lease_until < now,
-    )
-
-
-# Lease bookkeeping and offsets are not edits of the connection: keep updated_at
-# (whose onupdate would otherwise fire on every renewal) as it is.
-_KEEP_UPDATED_AT = {"updated_at": CONNECTIONS.c.updated_at}
-
-
 def _raw_json(update: dict[str, Any]) -> str:
     """The update as JSON text for the payload column.
 
@@ -244,7 +197,7 @@ class ConnectionPoller:
         self,
         *,
         engine: AsyncEngine,
-        vault: Vault,
+        credentials: ConnectionCredentials,
         telegram: TelegramClient,
         connection_id: uuid.UUID,
         owner: str,
@@ -261,7 +214,8 @@ class ConnectionPoller:
         self.connection_id = connection_id
         self.owner = owner
         self._engine = engine
-        self._vault = vault
+        self._credentials = credentials
+        self._leases = PollingLeases(owner)
         self._telegram = telegram
         # getUpdates takes whole seconds.
         self._long_poll = max(1, math.ceil(long_poll_timeout))
@@ -363,53 +317,28 @@ class ConnectionPoller:
 
     # -- the lease ---------------------------------------------------------------
 
-    def _held(self) -> ColumnElement[bool]:
-        return and_(
-            CONNECTIONS.c.id == self.connection_id,
-            CONNECTIONS.c.poll_owner == self.owner,
-            _pollable(),
-        )
-
     async def _renew(self) -> _Lease | None:
         """Take or extend the lease; None if another replica holds it or the connection is gone."""
         now = self._clock()
-        stmt = (
-            update(CONNECTIONS)
-            .where(
-                CONNECTIONS.c.id == self.connection_id,
-                _pollable(),
-                _lease_available(self.owner, now),
-            )
-            .values(poll_owner=self.owner, poll_lease_until=now + self._lease, **_KEEP_UPDATED_AT)
-            .returning(
-                CONNECTIONS.c.workspace_id,
-                CONNECTIONS.c.bot_token,
-                CONNECTIONS.c.polling_offset,
-            )
-        )
         async with self._engine.begin() as connection:
-            row = (await connection.execute(stmt)).one_or_none()
+            row = await self._leases.renew(connection, self.connection_id, now + self._lease, now)
         if row is None:
             return None
         return _Lease(row.workspace_id, row.bot_token, row.polling_offset)
 
     async def _release(self) -> None:
         """Give the lease up so another replica can poll at once (best effort)."""
-        stmt = (
-            update(CONNECTIONS)
-            .where(CONNECTIONS.c.id == self.connection_id, CONNECTIONS.c.poll_owner == self.owner)
-            .values(poll_owner=None, poll_lease_until=None, **_KEEP_UPDATED_AT)
-        )
         try:
             async with self._engine.begin() as connection:
-                await connection.execute(stmt)
+                await self._leases.release(connection, self.connection_id)
         except Exception as exc:
             # The lease then simply expires.
             self._log.warning("polling_lease_release_failed", error_type=type(exc).__name__)
 
     def _open_token(self, lease: _Lease) -> BotToken:
-        context = credential_context(self.connection_id, lease.workspace_id, "bot_token")
-        return BotToken(self._vault.open(lease.sealed_token, context))
+        return self._credentials.open_sealed_token(
+            self.connection_id, lease.workspace_id, lease.sealed_token
+        )
 
     # -- storing -----------------------------------------------------------------
 
@@ -426,14 +355,8 @@ class ConnectionPoller:
         if lease.offset is not None:
             # Telegram never sends ids below the offset; should it, never go back.
             new_offset = max(new_offset, lease.offset)
-        advance = (
-            update(CONNECTIONS)
-            .where(self._held())
-            .values(
-                polling_offset=new_offset,
-                poll_lease_until=received_at + self._lease,
-                **_KEEP_UPDATED_AT,
-            )
+        advance = self._leases.advance_offset(
+            self.connection_id, new_offset, received_at + self._lease
         )
         try:
             outcomes = await self._commit(items, advance, one_by_one=False)
@@ -553,22 +476,12 @@ class ConnectionPoller:
         return delay
 
     async def _set_status(self, status: ConnectionStatus, hint: str | None) -> None:
-        """Write status and hint, only if they differ (no write per cycle)."""
-        stmt = (
-            update(CONNECTIONS)
-            .where(
-                self._held(),
-                or_(
-                    CONNECTIONS.c.status != status.value,
-                    CONNECTIONS.c.status_hint.is_distinct_from(hint),
-                ),
-            )
-            .values(status=status.value, status_hint=hint, updated_at=self._clock())
-        )
         async with self._engine.begin() as connection:
-            changed = (await connection.execute(stmt)).rowcount
+            changed = await self._leases.set_status(
+                connection, self.connection_id, status, hint, self._clock()
+            )
         if changed:
-            self._log.info("connection_status_changed", status=status.value)
+            self._log.info("connection_status_changed", status=status)
 
     # -- waiting -----------------------------------------------------------------
 
@@ -627,7 +540,7 @@ class PollerSupervisor:
         self,
         *,
         engine: AsyncEngine,
-        vault: Vault,
+        credentials: ConnectionCredentials,
         telegram: TelegramClient,
         owner: str,
         long_poll_timeout: float,
@@ -637,11 +550,12 @@ class PollerSupervisor:
     ) -> None:
         self.owner = owner
         self._engine = engine
+        self._leases = PollingLeases(owner)
         self._clock = clock
         self._new_poller = partial(
             ConnectionPoller,
             engine=engine,
-            vault=vault,
+            credentials=credentials,
             telegram=telegram,
             owner=owner,
             long_poll_timeout=long_poll_timeout,
@@ -700,10 +614,7 @@ class PollerSupervisor:
 
     async def _pollable_connections(self) -> tuple[set[uuid.UUID], set[uuid.UUID]]:
         """(live polling-mode connections, those whose lease this replica may take)."""
-        available = _lease_available(self.owner, self._clock()).label("available")
-        stmt = select(CONNECTIONS.c.id, available).where(_pollable())
         async with self._engine.connect() as connection:
-            rows = (await connection.execute(stmt)).all()
-        # Connections leased by another live replica are left alone: starting a
-        # poller for them would only find the lease taken.
-        return {row.id for row in rows}, {row.id for row in rows if row.available}
+            # Connections leased by another live replica are left alone: starting a
+            # poller for them would only find the lease taken.
+            return await self._leases.pollable_connections(connection, self._clock())

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.connections.models import TelegramConnection
+from app.connections.repository import live_connection_exists
 from app.ingress.models import Contact, Conversation, ConversationMessage, TelegramUpdate
 from app.pagination import PageParams, keyset
 
@@ -22,12 +22,7 @@ class InboxRepository:
         return list((await self.session.execute(stmt)).scalars())
 
     async def connection_exists(self, connection_id: uuid.UUID) -> bool:
-        stmt = select(TelegramConnection.id).where(
-            TelegramConnection.id == connection_id,
-            TelegramConnection.workspace_id == self.workspace_id,
-            TelegramConnection.deleted_at.is_(None),
-        )
-        return (await self.session.execute(stmt)).first() is not None
+        return await live_connection_exists(self.session, self.workspace_id, connection_id)
 
     async def events(self, connection_id: uuid.UUID, params: PageParams) -> list[TelegramUpdate]:
         stmt = select(TelegramUpdate).where(

@@ -27,17 +27,16 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, a
 
 from app.config import Settings
 from app.connections.models import TelegramConnection
-from app.connections.webhook import ALLOWED_UPDATES
-from app.db import utcnow
-from app.ingress.models import Contact, Conversation, ConversationMessage, TelegramUpdate
-from app.ingress.polling import (
+from app.connections.status import (
     CONFLICT_OTHER_CONSUMER_HINT,
     CONFLICT_WEBHOOK_HINT,
     CREDENTIALS_UNREADABLE_HINT,
     UNAUTHORIZED_HINT,
-    Backoff,
-    RetryDelays,
 )
+from app.connections.webhook import ALLOWED_UPDATES
+from app.db import utcnow
+from app.ingress.models import Contact, Conversation, ConversationMessage, TelegramUpdate
+from app.ingress.polling import Backoff, RetryDelays
 from app.ingress.store import IncomingUpdate, store_updates
 from app.telegram.updates import parse_update
 from app.worker import run_worker
