@@ -6,7 +6,8 @@ Importing this module registers all models on `Base.metadata`.
 from app.auth.models import ApiToken, Workspace
 from app.connections.models import TelegramConnection
 from app.db import Base
-from app.ingress.models import Contact, Conversation, ConversationMessage, TelegramUpdate
+from app.inbox.models import Contact, Conversation, ConversationMessage
+from app.ingress.models import TelegramUpdate
 
 metadata = Base.metadata
 

@@ -62,7 +62,7 @@ from typing import Any, TypeVar
 import structlog
 from sqlalchemy import Update
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.connections.credentials import ConnectionCredentials
 from app.connections.models import ConnectionStatus
@@ -75,7 +75,13 @@ from app.connections.status import (
 )
 from app.connections.webhook import ALLOWED_UPDATES
 from app.db import utcnow
-from app.ingress.store import IncomingUpdate, StoreOutcome, is_outage, store_updates
+from app.ingress.store import (
+    IncomingUpdate,
+    StoreOutcome,
+    is_outage,
+    store_alone,
+    store_updates,
+)
 from app.telegram.client import TelegramClient
 from app.telegram.errors import (
     TelegramConflict,
@@ -392,25 +398,8 @@ class ConnectionPoller:
             if (await connection.execute(advance)).rowcount != 1:
                 raise LeaseLost
             if one_by_one:
-                return [await self._store_alone(connection, item) for item in items]
+                return [await store_alone(connection, item) for item in items]
             return await store_updates(connection, items)
-
-    async def _store_alone(self, connection: AsyncConnection, item: IncomingUpdate) -> StoreOutcome:
-        """One update in a savepoint; if its derived records are refused, the update alone."""
-        try:
-            async with connection.begin_nested():
-                (outcome,) = await store_updates(connection, [item])
-                return outcome
-        except Exception as exc:
-            if is_outage(exc):
-                raise
-            self._log.warning(
-                "update_stored_without_derived_records",
-                update_id=item.parsed.update_id,
-                error_type=type(exc).__name__,
-            )
-        (outcome,) = await store_updates(connection, [item], derive=False)
-        return outcome
 
     def _parse(
         self, updates: list[dict[str, Any]], workspace_id: uuid.UUID, received_at: datetime

@@ -9,7 +9,8 @@ from fastapi import APIRouter, Depends, Query
 
 from app.deps import AnyRole, DbSession
 from app.errors import NotFound
-from app.ingress.repository import InboxRepository
+from app.inbox.repository import InboxRepository
+from app.ingress.repository import UpdateRepository
 from app.ingress.schemas import ContactOut, ConversationMessageOut, ConversationOut, EventOut
 from app.pagination import Page, PageParams, page_of
 
@@ -22,11 +23,11 @@ async def list_events(
     connection_id: uuid.UUID, auth: AnyRole, session: DbSession, params: Params
 ) -> Page[EventOut]:
     """Received updates, newest first: update_id, type and when it arrived."""
-    inbox = InboxRepository(session, auth.workspace_id)
-    if not await inbox.connection_exists(connection_id):
+    updates = UpdateRepository(session, auth.workspace_id)
+    if not await updates.connection_exists(connection_id):
         raise NotFound("No such connection.")
     rows, next_cursor = page_of(
-        await inbox.events(connection_id, params), params, lambda r: r.received_at
+        await updates.events(connection_id, params), params, lambda r: r.received_at
     )
     return Page(
         items=[

@@ -1,4 +1,4 @@
-"""The four statements of update storage, per dialect.
+"""The statement that stores updates, per dialect (the inbox's are in `app.inbox.statements`).
 
 `PostgresStatements` sends fixed SQL with one array per column (`unnest`), so the
 text never changes with the batch size: PostgreSQL parses and plans each once per
@@ -7,8 +7,7 @@ per batch. `PortableStatements` (the embedded SQLite default) builds the same
 upserts with SQLAlchemy's dialect `insert`; its volume is a laptop's.
 
 Both take rows as dicts keyed by column name; `insert_updates` returns the
-(connection, update_id) pairs actually inserted. Contact and conversation ids are
-derived from their natural keys by the caller, so the upserts return nothing.
+(connection, update_id) pairs actually inserted.
 """
 
 from __future__ import annotations
@@ -16,28 +15,19 @@ from __future__ import annotations
 import uuid
 from typing import Any, Protocol
 
-from sqlalchemy import Table, and_, literal_column, or_
+from sqlalchemy import Table
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.ingress.models import Contact, Conversation, ConversationMessage, TelegramUpdate
+from app.ingress.models import TelegramUpdate
 
 UPDATES: Table = TelegramUpdate.__table__  # type: ignore[assignment]
-CONTACTS: Table = Contact.__table__  # type: ignore[assignment]
-CONVERSATIONS: Table = Conversation.__table__  # type: ignore[assignment]
-MESSAGES: Table = ConversationMessage.__table__  # type: ignore[assignment]
 
 UpdateKey = tuple[uuid.UUID, int]
 
 
 class Statements(Protocol):
     async def insert_updates(self, rows: list[dict[str, Any]]) -> set[UpdateKey]: ...
-
-    async def upsert_contacts(self, rows: list[dict[str, Any]]) -> None: ...
-
-    async def upsert_conversations(self, rows: list[dict[str, Any]]) -> None: ...
-
-    async def upsert_messages(self, rows: list[dict[str, Any]]) -> None: ...
 
 
 def statements_for(connection: AsyncConnection) -> Statements:
@@ -72,109 +62,6 @@ ON CONFLICT (connection_id, update_id) DO NOTHING
 RETURNING connection_id, update_id
 """
 
-_CONTACT_COLUMNS = (
-    "id",
-    "workspace_id",
-    "connection_id",
-    "telegram_chat_id",
-    "telegram_username",
-    "first_name",
-    "last_name",
-    "title",
-    "is_bot",
-    "is_chat",
-    "created_at",
-    "last_seen_at",
-)
-_UPSERT_CONTACTS = """
-INSERT INTO contacts
-    (id, workspace_id, connection_id, telegram_chat_id, telegram_username, first_name,
-     last_name, title, is_bot, is_chat, created_at, last_seen_at)
-SELECT * FROM unnest(
-    $1::uuid[], $2::uuid[], $3::uuid[], $4::bigint[], $5::varchar[], $6::varchar[],
-    $7::varchar[], $8::varchar[], $9::boolean[], $10::boolean[], $11::timestamptz[],
-    $12::timestamptz[])
-ON CONFLICT (connection_id, telegram_chat_id) DO UPDATE SET
-    telegram_username = excluded.telegram_username,
-    first_name = excluded.first_name,
-    last_name = excluded.last_name,
-    title = excluded.title,
-    is_bot = excluded.is_bot,
-    is_chat = excluded.is_chat,
-    last_seen_at = excluded.last_seen_at
-WHERE (contacts.telegram_username, contacts.first_name, contacts.last_name, contacts.title,
-       contacts.is_bot, contacts.is_chat)
-      IS DISTINCT FROM
-      (excluded.telegram_username, excluded.first_name, excluded.last_name, excluded.title,
-       excluded.is_bot, excluded.is_chat)
-   OR contacts.last_seen_at < excluded.last_seen_at - interval '10 seconds'
-"""
-
-_CONVERSATION_COLUMNS = (
-    "id",
-    "workspace_id",
-    "connection_id",
-    "key",
-    "chat_id",
-    "chat_type",
-    "title",
-    "business_connection_id",
-    "thread_id",
-    "direct_messages_topic_id",
-    "created_at",
-    "last_activity_at",
-)
-_UPSERT_CONVERSATIONS = """
-INSERT INTO conversations
-    (id, workspace_id, connection_id, key, chat_id, chat_type, title,
-     business_connection_id, thread_id, direct_messages_topic_id, created_at,
-     last_activity_at)
-SELECT * FROM unnest(
-    $1::uuid[], $2::uuid[], $3::uuid[], $4::varchar[], $5::bigint[], $6::varchar[],
-    $7::varchar[], $8::varchar[], $9::bigint[], $10::bigint[], $11::timestamptz[],
-    $12::timestamptz[])
-ON CONFLICT (connection_id, key) DO UPDATE SET
-    title = excluded.title,
-    chat_type = excluded.chat_type,
-    last_activity_at = excluded.last_activity_at
-WHERE (conversations.title, conversations.chat_type)
-      IS DISTINCT FROM (excluded.title, excluded.chat_type)
-   OR conversations.last_activity_at < excluded.last_activity_at - interval '10 seconds'
-"""
-
-_MESSAGE_COLUMNS = (
-    "id",
-    "workspace_id",
-    "connection_id",
-    "conversation_id",
-    "direction",
-    "telegram_message_id",
-    "sender_contact_id",
-    "content_kind",
-    "text",
-    "sent_at",
-    "edited_at",
-    "received_at",
-)
-# An edit replaces the text; a late copy of the original, or of an older edit,
-# never undoes a newer one (edited_at is Telegram's edit_date).
-_UPSERT_MESSAGES = """
-INSERT INTO conversation_messages
-    (id, workspace_id, connection_id, conversation_id, direction, telegram_message_id,
-     sender_contact_id, content_kind, text, sent_at, edited_at, received_at)
-SELECT * FROM unnest(
-    $1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::varchar[], $6::bigint[],
-    $7::uuid[], $8::varchar[], $9::text[], $10::timestamptz[], $11::timestamptz[],
-    $12::timestamptz[])
-ON CONFLICT (conversation_id, direction, telegram_message_id) DO UPDATE SET
-    text = excluded.text,
-    content_kind = excluded.content_kind,
-    edited_at = excluded.edited_at
-WHERE excluded.edited_at IS NOT NULL
-  AND (conversation_messages.edited_at IS NULL
-       OR excluded.edited_at >= conversation_messages.edited_at)
-"""
-
 
 class PostgresStatements:
     def __init__(self, connection: AsyncConnection) -> None:
@@ -186,15 +73,6 @@ class PostgresStatements:
     async def insert_updates(self, rows: list[dict[str, Any]]) -> set[UpdateKey]:
         result = await self._run(_INSERT_UPDATES, rows, _UPDATE_COLUMNS)
         return {(row[0], row[1]) for row in result}
-
-    async def upsert_contacts(self, rows: list[dict[str, Any]]) -> None:
-        await self._run(_UPSERT_CONTACTS, rows, _CONTACT_COLUMNS)
-
-    async def upsert_conversations(self, rows: list[dict[str, Any]]) -> None:
-        await self._run(_UPSERT_CONVERSATIONS, rows, _CONVERSATION_COLUMNS)
-
-    async def upsert_messages(self, rows: list[dict[str, Any]]) -> None:
-        await self._run(_UPSERT_MESSAGES, rows, _MESSAGE_COLUMNS)
 
 
 # -- Portable (SQLite): SQLAlchemy's dialect insert ----------------------------------
@@ -212,48 +90,3 @@ class PortableStatements:
             .returning(UPDATES.c.connection_id, UPDATES.c.update_id)
         )
         return {(row.connection_id, row.update_id) for row in await self._connection.execute(stmt)}
-
-    async def upsert_contacts(self, rows: list[dict[str, Any]]) -> None:
-        insert = sqlite.insert(CONTACTS)
-        excluded = insert.excluded
-        stmt = insert.values(rows).on_conflict_do_update(
-            index_elements=["connection_id", "telegram_chat_id"],
-            set_={
-                name: excluded[name]
-                for name in (
-                    "telegram_username",
-                    "first_name",
-                    "last_name",
-                    "title",
-                    "is_bot",
-                    "is_chat",
-                    "last_seen_at",
-                )
-            },
-        )
-        await self._connection.execute(stmt)
-
-    async def upsert_conversations(self, rows: list[dict[str, Any]]) -> None:
-        insert = sqlite.insert(CONVERSATIONS)
-        excluded = insert.excluded
-        stmt = insert.values(rows).on_conflict_do_update(
-            index_elements=["connection_id", "key"],
-            set_={name: excluded[name] for name in ("title", "chat_type", "last_activity_at")},
-        )
-        await self._connection.execute(stmt)
-
-    async def upsert_messages(self, rows: list[dict[str, Any]]) -> None:
-        insert = sqlite.insert(MESSAGES)
-        excluded = insert.excluded
-        stmt = insert.values(rows).on_conflict_do_update(
-            index_elements=["conversation_id", "direction", "telegram_message_id"],
-            set_={name: excluded[name] for name in ("text", "content_kind", "edited_at")},
-            where=and_(
-                literal_column("excluded.edited_at").is_not(None),
-                or_(
-                    MESSAGES.c.edited_at.is_(None),
-                    literal_column("excluded.edited_at") >= MESSAGES.c.edited_at,
-                ),
-            ),
-        )
-        await self._connection.execute(stmt)

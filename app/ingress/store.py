@@ -2,8 +2,8 @@
 
 `store_updates` writes a batch in one transaction: the updates themselves
 (`ON CONFLICT DO NOTHING` on (connection, update_id), so a redelivery has no
-second effect), then for the new ones only, the contacts, conversations and
-inbox messages derived from them. Nothing is half-stored: it all commits or none.
+second effect), then for the new ones only, the inbox's records of them
+(`app.inbox.recording.record_inbound`). Nothing is half-stored: it all commits or none.
 
 `UpdateWriter` is the group commit in front of it: each webhook request hands its
 update over and waits; a writer task takes whatever has queued up (up to a batch
@@ -11,24 +11,22 @@ size) and stores it with one statement per table and one commit, then answers
 every waiting request. Under load the batches grow by themselves; when idle a
 batch is a single update, so no request waits for a timer.
 
-The statements (`app.ingress.statements`) are fixed text on PostgreSQL (arrays
-through `unnest`), so each is parsed and planned once per connection whatever the
-batch size; the ORM's unit of work, or a multi-row VALUES whose text changes with
-every batch size, would cost more than everything else on this path. Rows of one
-statement are sorted by their conflict key, so two writers upserting the same
-contacts lock them in the same order and cannot deadlock.
+The statements (`app.ingress.statements`, `app.inbox.statements`) are fixed text
+on PostgreSQL (arrays through `unnest`), so each is parsed and planned once per
+connection whatever the batch size; the ORM's unit of work, or a multi-row VALUES
+whose text changes with every batch size, would cost more than everything else on
+this path.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
-import functools
 import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import structlog
@@ -36,6 +34,7 @@ from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.db import new_id
+from app.inbox.recording import RecentlyWritten, Written, clean_text, record_inbound
 from app.ingress.statements import statements_for
 from app.telegram.updates import ParsedUpdate
 
@@ -61,72 +60,9 @@ class IncomingUpdate:
     received_at: datetime
 
 
-def _timestamp(seconds: int, fallback: datetime) -> datetime:
-    """Telegram's unix date, or `fallback` when it is missing or out of range."""
-    if seconds <= 0:
-        return fallback
-    try:
-        return datetime.fromtimestamp(seconds, UTC)
-    except (OverflowError, OSError, ValueError):
-        return fallback
-
-
-def _text(value: str | None, limit: int | None = None) -> str | None:
-    """Text the database will take: no NUL, no lone surrogates (both valid in JSON)."""
-    if value is None:
-        return None
-    cleaned = value.encode("utf-8", errors="replace").decode("utf-8").replace("\x00", "")
-    return cleaned[:limit] if limit is not None else cleaned
-
-
 def _sorted(rows: dict[tuple[uuid.UUID, Any], dict[str, Any]]) -> list[dict[str, Any]]:
+    # By conflict key: concurrent writers take row locks in one order.
     return [rows[key] for key in sorted(rows, key=lambda k: (str(k[0]), k[1]))]
-
-
-# Contacts and conversations get ids derived from their natural keys, so a message
-# row can name its contact and conversation without a round trip to learn them.
-_ID_NAMESPACE = uuid.UUID("6f1c2a52-3d0e-4c55-9a43-2b7c51f0e7a1")
-
-
-@functools.lru_cache(maxsize=65536)
-def contact_id(connection_id: uuid.UUID, telegram_chat_id: int) -> uuid.UUID:
-    return uuid.uuid5(_ID_NAMESPACE, f"contact:{connection_id}:{telegram_chat_id}")
-
-
-@functools.lru_cache(maxsize=65536)
-def conversation_id(connection_id: uuid.UUID, key: str) -> uuid.UUID:
-    return uuid.uuid5(_ID_NAMESPACE, f"conversation:{connection_id}:{key}")
-
-
-class RecentlyWritten:
-    """Contacts and conversations this process wrote moments ago, as it wrote them.
-
-    A busy chat sends the same sender and chat in update after update; rewriting
-    those rows each time costs more than storing the update itself and makes
-    concurrent batches wait on each other's row locks. A row whose fields are as
-    this process last committed them, less than `freshness` seconds ago, is not
-    written again (its activity time is then at most that much behind). Only
-    committed rows are remembered, so a message never names a contact or
-    conversation that does not exist; `forget()` empties it after any failure.
-    """
-
-    def __init__(self, freshness: float = 10.0, max_entries: int = 100_000) -> None:
-        self._freshness = freshness
-        self._max_entries = max_entries
-        self._rows: dict[uuid.UUID, tuple[tuple[Any, ...], float]] = {}
-
-    def is_fresh(self, row_id: uuid.UUID, fingerprint: tuple[Any, ...], now: float) -> bool:
-        known = self._rows.get(row_id)
-        return known is not None and known[0] == fingerprint and now - known[1] < self._freshness
-
-    def remember(self, written: list[tuple[uuid.UUID, tuple[Any, ...]]], now: float) -> None:
-        if len(self._rows) + len(written) > self._max_entries:
-            self._rows.clear()
-        for row_id, fingerprint in written:
-            self._rows[row_id] = (fingerprint, now)
-
-    def forget(self) -> None:
-        self._rows.clear()
 
 
 async def store_updates(
@@ -142,13 +78,38 @@ async def store_updates(
     return outcomes
 
 
+async def store_alone(connection: AsyncConnection, item: IncomingUpdate) -> StoreOutcome:
+    """One update of a batch the database refused, in the caller's transaction: in
+    full if the database takes it (in a savepoint), else the update alone, raw.
+
+    The raw update is the last resort: kept and acknowledged, so Telegram does not
+    redeliver for a day an update whose derived records can never be stored.
+    Outages propagate (the caller answers 503 or retries).
+    """
+    try:
+        async with connection.begin_nested():
+            (outcome,) = await store_updates(connection, [item])
+            return outcome
+    except Exception as exc:
+        if is_outage(exc):
+            raise
+        logger.warning(
+            "update_stored_without_derived_records",
+            connection_id=str(item.connection_id),
+            update_id=item.parsed.update_id,
+            error_type=type(exc).__name__,
+        )
+    (outcome,) = await store_updates(connection, [item], derive=False)
+    return outcome
+
+
 async def store_batch(
     connection: AsyncConnection,
     items: Sequence[IncomingUpdate],
     *,
     derive: bool = True,
     recent: RecentlyWritten | None = None,
-) -> tuple[list[StoreOutcome], list[tuple[uuid.UUID, tuple[Any, ...]]]]:
+) -> tuple[list[StoreOutcome], Written]:
     """`store_updates`, skipping rows `recent` knows are already written.
 
     Also returns the contact and conversation rows written, for
@@ -164,7 +125,7 @@ async def store_batch(
             "workspace_id": items[index].workspace_id,
             "connection_id": items[index].connection_id,
             "update_id": items[index].parsed.update_id,
-            "kind": _text(items[index].parsed.kind, 64),
+            "kind": clean_text(items[index].parsed.kind, 64),
             "source": items[index].source,
             "payload": items[index].raw,
             "received_at": items[index].received_at,
@@ -173,138 +134,15 @@ async def store_batch(
     }
     inserted = await statements.insert_updates(_sorted(update_rows))
     new_items = [items[index] for key, index in first_of.items() if key in inserted]
-    written: list[tuple[uuid.UUID, tuple[Any, ...]]] = []
+    written: Written = []
     if new_items and derive:
-        now = time.monotonic()
-        contacts = _unless_fresh(_contact_rows(new_items), _CONTACT_FINGERPRINT, recent, now)
-        conversations = _unless_fresh(
-            _conversation_rows(new_items), _CONVERSATION_FINGERPRINT, recent, now
-        )
-        if contacts:
-            await statements.upsert_contacts(contacts)
-        if conversations:
-            await statements.upsert_conversations(conversations)
-        messages = _message_rows(new_items)
-        if messages:
-            await statements.upsert_messages(messages)
-        written = [(row["id"], _fingerprint(row, _CONTACT_FINGERPRINT)) for row in contacts]
-        written += [
-            (row["id"], _fingerprint(row, _CONVERSATION_FINGERPRINT)) for row in conversations
-        ]
+        written = await record_inbound(connection, new_items, recent=recent)
     outcomes = []
     for index, item in enumerate(items):
         key = (item.connection_id, item.parsed.update_id)
         is_new = key in inserted and first_of[key] == index
         outcomes.append(StoreOutcome.stored if is_new else StoreOutcome.duplicate)
     return outcomes, written
-
-
-_CONTACT_FINGERPRINT = (
-    "telegram_username",
-    "first_name",
-    "last_name",
-    "title",
-    "is_bot",
-    "is_chat",
-)
-_CONVERSATION_FINGERPRINT = ("title", "chat_type")
-
-
-def _fingerprint(row: dict[str, Any], fields: tuple[str, ...]) -> tuple[Any, ...]:
-    return tuple(row[name] for name in fields)
-
-
-def _unless_fresh(
-    rows: list[dict[str, Any]],
-    fields: tuple[str, ...],
-    recent: RecentlyWritten | None,
-    now: float,
-) -> list[dict[str, Any]]:
-    if recent is None:
-        return rows
-    return [row for row in rows if not recent.is_fresh(row["id"], _fingerprint(row, fields), now)]
-
-
-def _contact_rows(items: Sequence[IncomingUpdate]) -> list[dict[str, Any]]:
-    latest: dict[tuple[uuid.UUID, int], dict[str, Any]] = {}
-    for item in items:
-        sender = item.parsed.sender
-        if sender is None:
-            continue
-        latest[(item.connection_id, sender.id)] = {
-            "id": contact_id(item.connection_id, sender.id),
-            "workspace_id": item.workspace_id,
-            "connection_id": item.connection_id,
-            "telegram_chat_id": sender.id,
-            "telegram_username": _text(sender.username, 64),
-            "first_name": _text(sender.first_name, 256),
-            "last_name": _text(sender.last_name, 256),
-            "title": _text(sender.title, 256),
-            "is_bot": sender.is_bot,
-            "is_chat": sender.is_chat,
-            "created_at": item.received_at,
-            "last_seen_at": item.received_at,
-        }
-    return _sorted(latest)
-
-
-def _conversation_rows(items: Sequence[IncomingUpdate]) -> list[dict[str, Any]]:
-    latest: dict[tuple[uuid.UUID, str], dict[str, Any]] = {}
-    for item in items:
-        key, chat = item.parsed.conversation, item.parsed.chat
-        if key is None or chat is None:
-            continue
-        encoded = key.encode()
-        names = " ".join(part for part in (chat.first_name, chat.last_name) if part)
-        latest[(item.connection_id, encoded)] = {
-            "id": conversation_id(item.connection_id, encoded),
-            "workspace_id": item.workspace_id,
-            "connection_id": item.connection_id,
-            "key": encoded,
-            "chat_id": key.chat_id,
-            "chat_type": _text(chat.type, 32),
-            "title": _text(chat.title or names or chat.username, 256),
-            "business_connection_id": key.business_connection_id,
-            "thread_id": key.thread_id,
-            "direct_messages_topic_id": key.direct_messages_topic_id,
-            "created_at": item.received_at,
-            "last_activity_at": item.received_at,
-        }
-    return _sorted(latest)
-
-
-def _message_rows(items: Sequence[IncomingUpdate]) -> list[dict[str, Any]]:
-    latest: dict[tuple[uuid.UUID, int], dict[str, Any]] = {}
-    versions: dict[tuple[uuid.UUID, int], int] = {}
-    for item in items:
-        parsed = item.parsed
-        if parsed.message is None or parsed.conversation is None or parsed.chat is None:
-            continue
-        conversation = conversation_id(item.connection_id, parsed.conversation.encode())
-        sender = contact_id(item.connection_id, parsed.sender.id) if parsed.sender else None
-        message = parsed.message
-        # Deliveries run in parallel: within a batch keep the newest copy.
-        if versions.get((conversation, message.message_id), -1) > parsed.update_id:
-            continue
-        versions[(conversation, message.message_id)] = parsed.update_id
-        edited_at = None
-        if message.edited:
-            edited_at = _timestamp(message.edit_date, item.received_at)
-        latest[(conversation, message.message_id)] = {
-            "id": new_id(),
-            "workspace_id": item.workspace_id,
-            "connection_id": item.connection_id,
-            "conversation_id": conversation,
-            "direction": "inbound",
-            "telegram_message_id": message.message_id,
-            "sender_contact_id": sender,
-            "content_kind": _text(message.kind, 64),
-            "text": _text(message.text),
-            "sent_at": _timestamp(message.date, item.received_at),
-            "edited_at": edited_at,
-            "received_at": item.received_at,
-        }
-    return _sorted(latest)
 
 
 @dataclass(slots=True)
@@ -412,23 +250,14 @@ class UpdateWriter:
                 pending.done.set_result(outcome)
 
     async def _write_alone(self, pending: _Pending) -> None:
-        for derive in (True, False):
-            try:
-                (outcome,) = await self._store([pending.item], derive=derive)
-            except Exception as exc:
-                if is_outage(exc) or not derive:
-                    self._fail([pending], exc)
-                    return
-                logger.warning(
-                    "update_stored_without_derived_records",
-                    connection_id=str(pending.item.connection_id),
-                    update_id=pending.item.parsed.update_id,
-                    error_type=type(exc).__name__,
-                )
-                continue
-            if not pending.done.done():
-                pending.done.set_result(outcome)
+        try:
+            async with self._engine.begin() as connection:
+                outcome = await store_alone(connection, pending.item)
+        except Exception as exc:
+            self._fail([pending], exc)
             return
+        if not pending.done.done():
+            pending.done.set_result(outcome)
 
     async def _store(
         self, items: list[IncomingUpdate], *, derive: bool = True

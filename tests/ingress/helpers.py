@@ -5,7 +5,8 @@ from __future__ import annotations
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.ingress.models import Contact, Conversation, ConversationMessage, TelegramUpdate
+from app.inbox.models import Contact, Conversation, ConversationMessage
+from app.ingress.models import TelegramUpdate
 
 
 async def stored_counts(factory: async_sessionmaker[AsyncSession]) -> dict[str, int]:

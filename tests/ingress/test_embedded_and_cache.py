@@ -13,8 +13,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.connections.webhook import WEBHOOK_PATH
 from app.db import create_engine
+from app.inbox.models import Contact, Conversation, ConversationMessage
 from app.ingress.directory import ConnectionDirectory
-from app.ingress.models import Contact, Conversation, ConversationMessage, TelegramUpdate
+from app.ingress.models import TelegramUpdate
 from app.schema import upgrade_to_head
 from app.vault import Vault, parse_keyring
 from tests.conftest import (

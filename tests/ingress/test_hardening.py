@@ -14,7 +14,8 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from app.ingress.models import ConversationMessage, TelegramUpdate
+from app.inbox.models import ConversationMessage
+from app.ingress.models import TelegramUpdate
 from app.ingress.store import IncomingUpdate, StoreOutcome, UpdateWriter
 from app.telegram.updates import parse_update
 from tests.conftest import WorkspaceFixture, make_settings, running_app
@@ -174,7 +175,7 @@ async def test_a_renamed_sender_is_updated_at_once_despite_the_write_cache(
     db_session_factory: async_sessionmaker[AsyncSession],
 ) -> None:
     """Unchanged contacts are not rewritten for a few seconds; changed ones always are."""
-    from app.ingress.models import Contact
+    from app.inbox.models import Contact
 
     bot, _ = await connect_bot(app_client, workspace, telegram_double)
     key, secret = webhook_credentials(telegram_double, bot)

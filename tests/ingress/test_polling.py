@@ -35,7 +35,8 @@ from app.connections.status import (
 )
 from app.connections.webhook import ALLOWED_UPDATES
 from app.db import utcnow
-from app.ingress.models import Contact, Conversation, ConversationMessage, TelegramUpdate
+from app.inbox.models import Contact, Conversation, ConversationMessage
+from app.ingress.models import TelegramUpdate
 from app.ingress.polling import Backoff, RetryDelays
 from app.ingress.store import IncomingUpdate, store_updates
 from app.telegram.updates import parse_update

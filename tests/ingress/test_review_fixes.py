@@ -18,7 +18,8 @@ from sqlalchemy import select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from app.ingress.models import ConversationMessage, TelegramUpdate
+from app.inbox.models import ConversationMessage
+from app.ingress.models import TelegramUpdate
 from app.ingress.store import IncomingUpdate, StoreOutcome, UpdateWriter, is_data_error
 from app.locks import OperationInProgress, OperationLocks
 from app.telegram.updates import parse_update

@@ -15,7 +15,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.config import Settings
 from app.connections.models import TelegramConnection
 from app.connections.webhook import WEBHOOK_PATH
-from app.ingress.models import Conversation, ConversationMessage, TelegramUpdate
+from app.inbox.models import Conversation, ConversationMessage
+from app.ingress.models import TelegramUpdate
 from tests.conftest import WorkspaceFixture, make_settings, running_app
 from tests.connections.helpers import connect_bot, webhook_credentials
 from tests.ingress.helpers import stored_counts, stored_update_ids

@@ -1,0 +1,246 @@
+"""Recording messages in the inbox: the contacts, conversations and messages that
+received updates imply, written inside the caller's transaction.
+
+`record_inbound` is what ingress calls for the updates it has just stored (new
+ones only), so an acknowledged update's records commit with it or not at all.
+
+Contacts and conversations get ids derived from their natural keys
+(`contact_id`, `conversation_id`), so a message row names them without a round
+trip, and anyone (the outbound dispatcher too) can name them the same way. Rows
+of one statement are sorted by their conflict key, so two writers upserting the
+same contacts lock them in the same order and cannot deadlock.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from app.db import new_id
+from app.inbox.statements import (
+    ACTIVITY_REFRESH_SECONDS,
+    CONTACT_FIELDS,
+    CONVERSATION_FIELDS,
+    inbox_statements_for,
+)
+from app.telegram.updates import ParsedUpdate
+
+# A row written, as (id, fingerprint of its fields), for `RecentlyWritten.remember`.
+Written = list[tuple[uuid.UUID, tuple[Any, ...]]]
+
+
+class ReceivedUpdate(Protocol):
+    """What the inbox needs of a received update (ingress's `IncomingUpdate`)."""
+
+    @property
+    def connection_id(self) -> uuid.UUID: ...
+
+    @property
+    def workspace_id(self) -> uuid.UUID: ...
+
+    @property
+    def parsed(self) -> ParsedUpdate: ...
+
+    @property
+    def received_at(self) -> datetime: ...
+
+
+def _timestamp(seconds: int, fallback: datetime) -> datetime:
+    """Telegram's unix date, or `fallback` when it is missing or out of range."""
+    if seconds <= 0:
+        return fallback
+    try:
+        return datetime.fromtimestamp(seconds, UTC)
+    except (OverflowError, OSError, ValueError):
+        return fallback
+
+
+def clean_text(value: str | None, limit: int | None = None) -> str | None:
+    """Text the database will take: no NUL, no lone surrogates (both valid in JSON)."""
+    if value is None:
+        return None
+    cleaned = value.encode("utf-8", errors="replace").decode("utf-8").replace("\x00", "")
+    return cleaned[:limit] if limit is not None else cleaned
+
+
+def _sorted(rows: dict[tuple[uuid.UUID, Any], dict[str, Any]]) -> list[dict[str, Any]]:
+    return [rows[key] for key in sorted(rows, key=lambda k: (str(k[0]), k[1]))]
+
+
+# Contacts and conversations get ids derived from their natural keys, so a message
+# row can name its contact and conversation without a round trip to learn them.
+_ID_NAMESPACE = uuid.UUID("6f1c2a52-3d0e-4c55-9a43-2b7c51f0e7a1")
+
+
+@functools.lru_cache(maxsize=65536)
+def contact_id(connection_id: uuid.UUID, telegram_chat_id: int) -> uuid.UUID:
+    return uuid.uuid5(_ID_NAMESPACE, f"contact:{connection_id}:{telegram_chat_id}")
+
+
+@functools.lru_cache(maxsize=65536)
+def conversation_id(connection_id: uuid.UUID, key: str) -> uuid.UUID:
+    return uuid.uuid5(_ID_NAMESPACE, f"conversation:{connection_id}:{key}")
+
+
+class RecentlyWritten:
+    """Contacts and conversations this process wrote moments ago, as it wrote them.
+
+    A busy chat sends the same sender and chat in update after update; rewriting
+    those rows each time costs more than storing the update itself and makes
+    concurrent batches wait on each other's row locks. A row whose fields are as
+    this process last committed them, less than `freshness` seconds ago, is not
+    written again (its activity time is then at most that much behind). Only
+    committed rows are remembered, so a message never names a contact or
+    conversation that does not exist; `forget()` empties it after any failure.
+    """
+
+    def __init__(
+        self, freshness: float = ACTIVITY_REFRESH_SECONDS, max_entries: int = 100_000
+    ) -> None:
+        self._freshness = freshness
+        self._max_entries = max_entries
+        self._rows: dict[uuid.UUID, tuple[tuple[Any, ...], float]] = {}
+
+    def is_fresh(self, row_id: uuid.UUID, fingerprint: tuple[Any, ...], now: float) -> bool:
+        known = self._rows.get(row_id)
+        return known is not None and known[0] == fingerprint and now - known[1] < self._freshness
+
+    def remember(self, written: list[tuple[uuid.UUID, tuple[Any, ...]]], now: float) -> None:
+        if len(self._rows) + len(written) > self._max_entries:
+            self._rows.clear()
+        for row_id, fingerprint in written:
+            self._rows[row_id] = (fingerprint, now)
+
+    def forget(self) -> None:
+        self._rows.clear()
+
+
+async def record_inbound(
+    connection: AsyncConnection,
+    updates: Sequence[ReceivedUpdate],
+    *,
+    recent: RecentlyWritten | None = None,
+) -> Written:
+    """Upsert the contacts, conversations and messages of `updates` (in the caller's
+    transaction), skipping contacts and conversations `recent` knows are written.
+
+    Returns the contact and conversation rows written, for `recent.remember()` once
+    the transaction has committed.
+    """
+    statements = inbox_statements_for(connection)
+    now = time.monotonic()
+    contacts = _unless_fresh(_contact_rows(updates), CONTACT_FIELDS, recent, now)
+    conversations = _unless_fresh(_conversation_rows(updates), CONVERSATION_FIELDS, recent, now)
+    if contacts:
+        await statements.upsert_contacts(contacts)
+    if conversations:
+        await statements.upsert_conversations(conversations)
+    messages = _message_rows(updates)
+    if messages:
+        await statements.upsert_messages(messages)
+    written = [(row["id"], _fingerprint(row, CONTACT_FIELDS)) for row in contacts]
+    written += [(row["id"], _fingerprint(row, CONVERSATION_FIELDS)) for row in conversations]
+    return written
+
+
+def _fingerprint(row: dict[str, Any], fields: tuple[str, ...]) -> tuple[Any, ...]:
+    return tuple(row[name] for name in fields)
+
+
+def _unless_fresh(
+    rows: list[dict[str, Any]],
+    fields: tuple[str, ...],
+    recent: RecentlyWritten | None,
+    now: float,
+) -> list[dict[str, Any]]:
+    if recent is None:
+        return rows
+    return [row for row in rows if not recent.is_fresh(row["id"], _fingerprint(row, fields), now)]
+
+
+def _contact_rows(items: Sequence[ReceivedUpdate]) -> list[dict[str, Any]]:
+    latest: dict[tuple[uuid.UUID, int], dict[str, Any]] = {}
+    for item in items:
+        sender = item.parsed.sender
+        if sender is None:
+            continue
+        latest[(item.connection_id, sender.id)] = {
+            "id": contact_id(item.connection_id, sender.id),
+            "workspace_id": item.workspace_id,
+            "connection_id": item.connection_id,
+            "telegram_chat_id": sender.id,
+            "telegram_username": clean_text(sender.username, 64),
+            "first_name": clean_text(sender.first_name, 256),
+            "last_name": clean_text(sender.last_name, 256),
+            "title": clean_text(sender.title, 256),
+            "is_bot": sender.is_bot,
+            "is_chat": sender.is_chat,
+            "created_at": item.received_at,
+            "last_seen_at": item.received_at,
+        }
+    return _sorted(latest)
+
+
+def _conversation_rows(items: Sequence[ReceivedUpdate]) -> list[dict[str, Any]]:
+    latest: dict[tuple[uuid.UUID, str], dict[str, Any]] = {}
+    for item in items:
+        key, chat = item.parsed.conversation, item.parsed.chat
+        if key is None or chat is None:
+            continue
+        encoded = key.encode()
+        names = " ".join(part for part in (chat.first_name, chat.last_name) if part)
+        latest[(item.connection_id, encoded)] = {
+            "id": conversation_id(item.connection_id, encoded),
+            "workspace_id": item.workspace_id,
+            "connection_id": item.connection_id,
+            "key": encoded,
+            "chat_id": key.chat_id,
+            "chat_type": clean_text(chat.type, 32),
+            "title": clean_text(chat.title or names or chat.username, 256),
+            "business_connection_id": key.business_connection_id,
+            "thread_id": key.thread_id,
+            "direct_messages_topic_id": key.direct_messages_topic_id,
+            "created_at": item.received_at,
+            "last_activity_at": item.received_at,
+        }
+    return _sorted(latest)
+
+
+def _message_rows(items: Sequence[ReceivedUpdate]) -> list[dict[str, Any]]:
+    latest: dict[tuple[uuid.UUID, int], dict[str, Any]] = {}
+    versions: dict[tuple[uuid.UUID, int], int] = {}
+    for item in items:
+        parsed = item.parsed
+        if parsed.message is None or parsed.conversation is None or parsed.chat is None:
+            continue
+        conversation = conversation_id(item.connection_id, parsed.conversation.encode())
+        sender = contact_id(item.connection_id, parsed.sender.id) if parsed.sender else None
+        message = parsed.message
+        # Deliveries run in parallel: within a batch keep the newest copy.
+        if versions.get((conversation, message.message_id), -1) > parsed.update_id:
+            continue
+        versions[(conversation, message.message_id)] = parsed.update_id
+        edited_at = None
+        if message.edited:
+            edited_at = _timestamp(message.edit_date, item.received_at)
+        latest[(conversation, message.message_id)] = {
+            "id": new_id(),
+            "workspace_id": item.workspace_id,
+            "connection_id": item.connection_id,
+            "conversation_id": conversation,
+            "direction": "inbound",
+            "telegram_message_id": message.message_id,
+            "sender_contact_id": sender,
+            "content_kind": clean_text(message.kind, 64),
+            "text": clean_text(message.text),
+            "sent_at": _timestamp(message.date, item.received_at),
+            "edited_at": edited_at,
+            "received_at": item.received_at,
+        }
+    return _sorted(latest)
