@@ -18,6 +18,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 DEFAULT_DATA_DIR = Path("data")
 
 
+DEFAULT_TELEGRAM_API_BASE = "https://api.telegram.org"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_file=".env",
@@ -45,7 +48,7 @@ class Settings(BaseSettings):
 
     # Unset: connections are created in long-polling mode.
     public_base_url: str | None = None
-    telegram_api_base: str = "https://api.telegram.org"
+    telegram_api_base: str = DEFAULT_TELEGRAM_API_BASE
     telegram_max_retries: int = Field(default=3, ge=0, le=10)
     telegram_request_timeout: float = Field(default=10.0, gt=0, le=120)
     telegram_webhook_max_connections: int = Field(default=40, ge=1, le=100)
@@ -75,12 +78,25 @@ class Settings(BaseSettings):
             ipaddress.ip_network(entry, strict=False)
         return value
 
+    @field_validator("public_base_url", mode="before")
+    @classmethod
+    def _blank_is_polling(cls, value: object) -> object:
+        # PUBLIC_BASE_URL= (blank) means what leaving it out means: polling mode.
+        if isinstance(value, str) and value.strip() == "":
+            return None
+        return value
+
+    @field_validator("telegram_api_base", mode="before")
+    @classmethod
+    def _blank_is_default(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip() == "":
+            return DEFAULT_TELEGRAM_API_BASE
+        return value
+
     @field_validator("public_base_url", "telegram_api_base")
     @classmethod
     def _strip_slash(cls, value: str | None) -> str | None:
-        if value is None or value.strip() == "":
-            return None if value is None or value.strip() == "" else value
-        return value.rstrip("/")
+        return None if value is None else value.rstrip("/")
 
     @field_validator("redis_url", "database_url", mode="before")
     @classmethod

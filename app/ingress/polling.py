@@ -554,11 +554,6 @@ class PollerSupervisor:
         )
         self._running: dict[uuid.UUID, tuple[ConnectionPoller, asyncio.Task[None]]] = {}
 
-    @property
-    def polled(self) -> set[uuid.UUID]:
-        """Connections with a poller that has not been asked to stop."""
-        return {cid for cid, (poller, _) in self._running.items() if not poller.stopping}
-
     async def refresh(self) -> None:
         self._reap()
         live, available = await self._pollable_connections()

@@ -327,8 +327,7 @@ class CachedPeek:
     - An allowed answer is remembered for `ttl` seconds.
     - A refusal is remembered until its retry_after (counted from when the
       question was sent), so it never refuses what the limiter would admit.
-    - `hit` goes to the inner limiter and records the outcome, as does
-      `note_refusal` for a hit made through another object.
+    - `hit` goes to the inner limiter and records the outcome.
 
     Bound: a cached "allowed" can be up to `ttl` seconds old. Once other
     replicas (or hits not recorded here) push an address over the limit, this
@@ -373,16 +372,6 @@ class CachedPeek:
         decision = await self._inner.hit(key, limit, cost)
         self._remember(key, decision, sent_at)
         return decision
-
-    def note_refusal(self, key: str, decision: Decision) -> None:
-        """Record the outcome of a `hit` on `key` made through another object.
-
-        A refusal is remembered until its retry_after, counted from now (a
-        moment late, which errs on refusing). An allowed hit with nothing
-        remaining forgets the key, so the next peek asks; one with tokens left
-        is remembered as an allowed peek.
-        """
-        self._remember(key, decision, self._clock())
 
     async def aclose(self) -> None:
         """Close the inner limiter."""

@@ -90,15 +90,12 @@ class RedisRateLimiter:
     that happens is the client's business: give it short socket timeouts and
     a modest retry policy.
 
-    The client belongs to the caller unless `owns_client` is true, in which
-    case `aclose()` closes it.
+    The client belongs to the caller, who closes it.
     """
 
-    def __init__(self, redis: Redis, *, prefix: str = "rl", owns_client: bool = False) -> None:
+    def __init__(self, redis: Redis, *, prefix: str = "rl") -> None:
         self._redis = redis
         self._prefix = prefix
-        self._owns_client = owns_client
-        self._closed = False
 
     def redis_key(self, key: str) -> str:
         """The Redis key holding `key`'s state (hash-tagged on `key`)."""
@@ -122,10 +119,7 @@ class RedisRateLimiter:
         return await self._run(key, limit, 0)
 
     async def aclose(self) -> None:
-        """Close the client if this limiter owns it; safe to call twice."""
-        if self._owns_client and not self._closed:
-            self._closed = True
-            await self._redis.aclose()
+        """Nothing to release: the Redis client is the caller's."""
 
     async def _run(self, key: str, limit: RateLimit, cost: int) -> Decision:
         redis_key = self.redis_key(key)

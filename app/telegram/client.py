@@ -18,7 +18,6 @@ Contract:
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -38,9 +37,6 @@ from app.telegram.errors import (
 from app.telegram.types import BotToken, BotUser, SentMessage, WebhookInfo
 
 __all__ = ["OnCall", "TelegramAnswer", "TelegramClient"]
-
-for _noisy in ("httpx", "httpcore"):
-    logging.getLogger(_noisy).setLevel(logging.WARNING)
 
 _log = structlog.get_logger(__name__)
 

@@ -121,10 +121,6 @@ class WebhookInfo:
     max_connections: int | None
     allowed_updates: list[str] | None
 
-    @property
-    def is_set(self) -> bool:
-        return self.url != ""
-
     @classmethod
     def from_api(cls, data: Mapping[str, Any]) -> WebhookInfo:
         allowed = _field(data, "allowed_updates", list, required=False)

@@ -37,7 +37,7 @@ async def _hammer(
     barrier: Barrier,
 ) -> tuple[int, int, int]:
     client = Redis.from_url(url, socket_timeout=10, socket_connect_timeout=10)
-    limiter: RateLimiter = RedisRateLimiter(client, prefix=prefix, owns_client=True)
+    limiter: RateLimiter = RedisRateLimiter(client, prefix=prefix)
     if leased:
         limiter = LeasedRateLimiter(limiter, lease_size=10, lease_ttl=0.25)
     await client.ping()
@@ -55,6 +55,7 @@ async def _hammer(
     await asyncio.gather(*(worker(attempts // concurrency) for _ in range(concurrency)))
     end = await _redis_now_us(client)
     await limiter.aclose()
+    await client.aclose()
     return admitted, start, end
 
 

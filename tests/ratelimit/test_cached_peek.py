@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 from redis.asyncio import Redis
 
-from app.ratelimit import CachedPeek, Decision, LocalRateLimiter, RateLimit, RedisRateLimiter
+from app.ratelimit import CachedPeek, LocalRateLimiter, RateLimit, RedisRateLimiter
 from tests.ratelimit._support import FakeClock, script_calls
 
 # Failed authentications: two a minute, so a token every 30 s.
@@ -57,18 +57,6 @@ async def test_a_refusal_is_remembered_until_its_retry_after(
     assert await script_calls(private_client) == before + 1
 
 
-async def test_note_refusal_records_a_hit_made_elsewhere(
-    cached: CachedPeek, inner: RedisRateLimiter, private_client: Redis
-) -> None:
-    decisions = [await inner.hit("addr", FAILED_AUTH) for _ in range(3)]
-    assert not decisions[-1].allowed
-    cached.note_refusal("addr", decisions[-1])
-
-    before = await script_calls(private_client)
-    assert not (await cached.peek("addr", FAILED_AUTH)).allowed
-    assert await script_calls(private_client) == before
-
-
 async def test_a_hit_that_uses_the_last_token_makes_the_next_peek_ask(
     cached: CachedPeek, private_client: Redis
 ) -> None:
@@ -107,18 +95,3 @@ async def test_remembered_answers_are_forgotten_when_stale(clock: FakeClock) -> 
         largest = max(largest, cached.tracked_keys)
         clock.advance(2.0)
     assert largest <= 16
-
-
-async def test_a_noted_refusal_lasts_exactly_its_retry_after(clock: FakeClock) -> None:
-    # The inner limiter has never seen the key, so any refusal is the cache's.
-    cached = CachedPeek(LocalRateLimiter(clock), ttl=1.0, clock=clock)
-    cached.note_refusal("addr", Decision(allowed=False, remaining=0, retry_after=5, reset_after=9))
-
-    clock.advance(4.5)
-    peeked = await cached.peek("addr", FAILED_AUTH)
-    assert not peeked.allowed
-    assert peeked.retry_after == pytest.approx(0.5)
-    assert peeked.reset_after == pytest.approx(4.5)
-
-    clock.advance(0.5)
-    assert (await cached.peek("addr", FAILED_AUTH)).allowed

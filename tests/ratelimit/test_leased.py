@@ -193,12 +193,13 @@ async def test_peek_is_answered_by_redis(
 
 async def test_redis_failure_is_reported_not_allowed() -> None:
     client = fast_failing_client(f"redis://127.0.0.1:{free_port()}/0")
-    leased = LeasedRateLimiter(RedisRateLimiter(client, owns_client=True))
+    leased = LeasedRateLimiter(RedisRateLimiter(client))
     try:
         with pytest.raises(RateLimiterUnavailable):
             await leased.hit("k", HOURLY_100)
     finally:
         await leased.aclose()
+        await client.aclose()
 
 
 async def test_cost_above_the_burst_is_a_value_error(clock: FakeClock) -> None:

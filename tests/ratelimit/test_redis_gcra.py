@@ -181,7 +181,7 @@ async def test_redis_errors_raise_unavailable_instead_of_allowing(
 
 async def test_unreachable_redis_raises_unavailable_without_credentials() -> None:
     client = fast_failing_client(f"redis://admin:s3cret-pw@127.0.0.1:{free_port()}/0")
-    limiter = RedisRateLimiter(client, owns_client=True)
+    limiter = RedisRateLimiter(client)
     try:
         with pytest.raises(RateLimiterUnavailable) as raised:
             await limiter.hit("k", SLOW)
@@ -192,12 +192,13 @@ async def test_unreachable_redis_raises_unavailable_without_credentials() -> Non
     finally:
         await limiter.aclose()
         await limiter.aclose()  # closing twice is harmless
+        await client.aclose()
 
 
 async def test_survives_a_redis_restart(throwaway_redis: RedisServer, key_prefix: str) -> None:
     throwaway_redis.start()
     client = fast_failing_client(throwaway_redis.url)
-    limiter = RedisRateLimiter(client, prefix=key_prefix, owns_client=True)
+    limiter = RedisRateLimiter(client, prefix=key_prefix)
     try:
         assert (await limiter.hit("k", SLOW)).allowed
         assert (await limiter.hit("k", SLOW)).remaining == 3
@@ -217,3 +218,4 @@ async def test_survives_a_redis_restart(throwaway_redis: RedisServer, key_prefix
         assert (await limiter.hit("k", SLOW)).remaining == 3
     finally:
         await limiter.aclose()
+        await client.aclose()
