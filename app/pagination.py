@@ -100,9 +100,7 @@ def keyset(
     return stmt.order_by(*order).limit(params.limit + 1)
 
 
-def page_of(
-    rows: list[Any], params: PageParams, position_of: Any, *, items: list[T] | None = None
-) -> tuple[list[Any], str | None]:
+def page_of(rows: list[Any], params: PageParams, position_of: Any) -> tuple[list[Any], str | None]:
     """Split the limit + 1 fetched rows into this page and the next cursor."""
     has_more = len(rows) > params.limit
     rows = rows[: params.limit]
