@@ -13,6 +13,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -25,13 +26,24 @@ class CommandError(Exception):
     """A failure the user can act on; printed without a traceback."""
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="integrations", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+class _Parser(argparse.ArgumentParser):
+    """Shows each option's default in its help; subcommands' parsers are of this
+    class too (add_subparsers uses the parent's), so every command's help does."""
 
-    serve = commands.add_parser("serve", help="run the HTTP API and the settings UI")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="integrations", description=__doc__)
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", help="what to do"
+    )
+
+    serve = commands.add_parser("serve", help="run the HTTP API")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument("--port", type=int, default=8000, help="TCP port to listen on")
     serve.add_argument(
         "--with-worker",
         action="store_true",
@@ -43,20 +55,28 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("migrate", help="apply database migrations")
 
     workspace = commands.add_parser("workspace", help="manage workspaces")
-    workspace_commands = workspace.add_subparsers(dest="workspace_command", required=True)
+    workspace_commands = workspace.add_subparsers(
+        dest="workspace_command", required=True, metavar="COMMAND", help="what to do"
+    )
     create = workspace_commands.add_parser("create", help="create a workspace and its admin token")
-    create.add_argument("name")
-    create.add_argument("--json", action="store_true", help="print {workspace_id, token}")
+    create.add_argument("name", help="the workspace's name, 1-200 characters")
+    create.add_argument(
+        "--json", action="store_true", help='print {"workspace_id", "token"} as one JSON object'
+    )
 
     vault = commands.add_parser("vault", help="credential vault: key usage and rotation")
-    vault_commands = vault.add_subparsers(dest="vault_command", required=True)
+    vault_commands = vault.add_subparsers(
+        dest="vault_command", required=True, metavar="COMMAND", help="what to do"
+    )
     vault_commands.add_parser(
         "status", help="ciphertexts per key id; non-zero exit if a key in use is missing"
     )
     rotate = vault_commands.add_parser(
         "rotate", help="re-encrypt every secret under the primary key (online, in batches)"
     )
-    rotate.add_argument("--batch-size", type=int, default=500)
+    rotate.add_argument(
+        "--batch-size", type=int, default=500, help="rows re-encrypted per transaction"
+    )
     vault_commands.add_parser("generate-key", help="print a new key_id:key entry for VAULT_KEYS")
     return parser
 

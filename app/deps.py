@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 import structlog
 from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.models import Role
@@ -37,6 +38,20 @@ DbSession = Annotated[AsyncSession, Depends(get_session, scope="function")]
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
+# Declares the bearer scheme in the API document (the Authorize button of /docs)
+# on every operation that authenticates. It never refuses a request itself
+# (auto_error=False): `_bearer` reads the header, so failures keep the service's
+# 401 body and messages.
+bearer_scheme = HTTPBearer(
+    auto_error=False,
+    scheme_name="bearer",
+    bearerFormat="wsk_...",
+    description="An API token of the workspace (`integrations workspace create` prints "
+    "the first admin token; admins create more with `POST /api/v1/tokens`).",
+)
+BearerDeclared = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)]
+
+
 def _bearer(request: Request) -> str | None:
     header = request.headers.get("authorization")
     if not header:
@@ -47,7 +62,7 @@ def _bearer(request: Request) -> str | None:
     return credentials.strip()
 
 
-async def get_auth(request: Request, session: DbSession) -> AuthContext:
+async def get_auth(request: Request, session: DbSession, _: BearerDeclared) -> AuthContext:
     auth = await authenticate(session, _bearer(request))
     # End the transaction now: authenticate may have written last_used_at, and its
     # row lock must not be held for the rest of a request that may wait on Telegram.

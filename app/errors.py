@@ -4,16 +4,22 @@ Every error the API returns has the body
 `{"error": {"code": "snake_case", "message": "human sentence", "field": "optional"}}`.
 Errors are classes carrying their status and code; one set of handlers turns
 them and validation errors into that shape; unexpected failures become a 500 of
-the same shape in `app.middleware`.
+the same shape in `app.middleware`. The same classes document each operation's
+error responses (`responses(...)`), so the OpenAPI document lists what the code
+raises.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from http import HTTPStatus
 from typing import Any, ClassVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import SkipJsonSchema
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 
@@ -21,6 +27,8 @@ class AppError(Exception):
     status: ClassVar[int] = 400
     code: ClassVar[str] = "bad_request"
     default_message: ClassVar[str] = "The request could not be processed."
+    # Response headers the error may carry, with their meaning, for the API document.
+    documented_headers: ClassVar[Mapping[str, str]] = {}
 
     def __init__(
         self,
@@ -78,6 +86,7 @@ class RateLimited(AppError):
     status = 429
     code = "rate_limited"
     default_message = "Too many requests; retry later."
+    documented_headers = {"Retry-After": "Seconds to wait before trying again."}
 
 
 class ServiceUnavailable(AppError):
@@ -134,3 +143,85 @@ def install_error_handlers(app: FastAPI) -> None:
         code = _HTTP_CODES.get(exc.status_code, "http_error")
         message = exc.detail if isinstance(exc.detail, str) else "The request failed."
         return error_response(exc.status_code, code, message, **(exc.headers or {}))
+
+
+# -- the error model in the API document ---------------------------------------------
+
+
+def _omitted_when_absent(schema: dict[str, Any]) -> None:
+    # `field` is left out of the body, not sent as null: no default to show.
+    schema.pop("default", None)
+
+
+class ErrorDetail(BaseModel):
+    """The `error` object. Some errors add a field: `bot_already_connected_here`
+    names the holding connection in `connection_id`."""
+
+    model_config = ConfigDict(extra="allow")
+
+    code: str = Field(
+        description="Stable snake_case code; what a program should branch on.",
+        examples=["not_found"],
+    )
+    message: str = Field(description="A sentence for a person; its wording may change.")
+    field: str | SkipJsonSchema[None] = Field(
+        default=None,
+        description="The request field at fault, when there is one (e.g. `bot_token`, `limit`).",
+        json_schema_extra=_omitted_when_absent,
+    )
+
+
+class Error(BaseModel):
+    """Every error response: `{"error": {"code", "message", "field"?}}`."""
+
+    error: ErrorDetail
+
+
+ERROR_SCHEMA_REF = "#/components/schemas/Error"
+
+
+def documented_error(
+    status: int,
+    bodies: Sequence[Mapping[str, Any]],
+    *,
+    headers: Mapping[str, str] | None = None,
+    schema_ref: str = ERROR_SCHEMA_REF,
+) -> dict[str, Any]:
+    """An OpenAPI response object for `status`: the error model, the codes it can
+    carry in its description, and each body as a named example."""
+    meanings = "".join(f"\n- `{b['error']['code']}`: {b['error']['message']}" for b in bodies)
+    response: dict[str, Any] = {
+        "description": f"{HTTPStatus(status).phrase}.\n{meanings}",
+        "content": {
+            "application/json": {
+                "schema": {"$ref": schema_ref},
+                "examples": {
+                    body["error"]["code"]: {"summary": body["error"]["message"], "value": body}
+                    for body in bodies
+                },
+            }
+        },
+    }
+    if headers:
+        response["headers"] = {
+            name: {"description": meaning, "schema": {"type": "integer"}}
+            for name, meaning in headers.items()
+        }
+    return response
+
+
+def responses(*errors: type[AppError]) -> dict[int | str, dict[str, Any]]:
+    """The `responses=` of an operation that can fail with `errors`, grouped by status.
+
+    Listing the classes the operation raises keeps the document and the code in
+    step: a status appears because some error class answers it.
+    """
+    by_status: dict[int, list[type[AppError]]] = {}
+    for error in errors:
+        by_status.setdefault(error.status, []).append(error)
+    documented: dict[int | str, dict[str, Any]] = {}
+    for status, group in sorted(by_status.items()):
+        headers = {name: text for error in group for name, text in error.documented_headers.items()}
+        bodies = [{"error": {"code": e.code, "message": e.default_message}} for e in group]
+        documented[status] = {"model": Error, **documented_error(status, bodies, headers=headers)}
+    return documented

@@ -10,20 +10,54 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from app.deps import RuntimeDep
+from app.errors import Error, documented_error
 
 router = APIRouter(tags=["operations"])
 logger = structlog.get_logger("app.health")
 
 
-@router.get("/health")
+class NotReady(Error):
+    """`/ready`'s 503: the error names the first backing service down, `checks` all of them."""
+
+    checks: dict[str, str]
+
+
+_NOT_READY_EXAMPLE = {
+    "error": {"code": "not_ready", "message": "Unavailable: redis.", "field": "redis"},
+    "checks": {"database": "ok", "redis": "unavailable"},
+}
+
+
+@router.get("/health", summary="Liveness")
 async def health() -> dict[str, str]:
-    """Liveness: the process answers. Checks nothing else on purpose."""
+    """Liveness: the process answers. Checks nothing else on purpose. No token needed."""
     return {"status": "ok"}
 
 
-@router.get("/ready", response_model=None)
+@router.get(
+    "/ready",
+    response_model=None,
+    summary="Readiness",
+    responses={
+        200: {
+            "content": {
+                "application/json": {
+                    "example": {"status": "ready", "checks": {"database": "ok", "redis": "ok"}}
+                }
+            }
+        },
+        503: {
+            "model": NotReady,
+            **documented_error(
+                503, [_NOT_READY_EXAMPLE], schema_ref="#/components/schemas/NotReady"
+            ),
+        },
+    },
+)
 async def ready(runtime: RuntimeDep) -> JSONResponse | dict[str, Any]:
-    """Readiness: the database and, when configured, Redis answer. 503 names which failed."""
+    """Readiness: the database and, when configured, Redis answer (`redis` is
+    `not_configured` on the embedded default). 503 names which failed. No token
+    needed."""
     checks: dict[str, str] = {}
     try:
         async with runtime.engine.connect() as connection:

@@ -6,6 +6,7 @@ import asyncio
 import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, nullcontext, suppress
+from typing import Any
 
 import structlog
 from fastapi import FastAPI
@@ -18,9 +19,11 @@ from app.connections.router import router as connections_router
 from app.connections.webhook import WEBHOOK_PATH
 from app.errors import install_error_handlers
 from app.health import router as health_router
+from app.ingress.openapi import add_webhook
 from app.ingress.router import router as inbox_router
 from app.logging import configure_logging
 from app.middleware import RequestContextMiddleware
+from app.openapi import DESCRIPTION, TAGS
 from app.runtime import Runtime, open_runtime
 
 logger = structlog.get_logger("app.main")
@@ -58,6 +61,14 @@ class IntegrationsApp(FastAPI):
             await self._webhook(scope, receive, send)
             return
         await super().__call__(scope, receive, send)
+
+    def openapi(self) -> dict[str, Any]:
+        # FastAPI documents its API routes only; the webhook is a plain ASGI route
+        # (taken even before them, see __call__), so it is described by hand.
+        if self.openapi_schema is None:
+            add_webhook(super().openapi())
+        assert self.openapi_schema is not None
+        return self.openapi_schema
 
 
 @asynccontextmanager
@@ -116,6 +127,8 @@ def create_app(
     app = IntegrationsApp(
         title="Workspace integrations",
         version="0.1.0",
+        description=DESCRIPTION,
+        openapi_tags=TAGS,
         lifespan=lifespan,
         # The interactive docs describe every endpoint; not public in production.
         docs_url=None if settings.is_production else "/docs",

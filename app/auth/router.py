@@ -5,12 +5,13 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Body, Depends
 
 from app.auth.models import ApiToken, Role
-from app.auth.schemas import TokenCreate, TokenCreated, TokenOut
-from app.auth.service import TokenService
+from app.auth.schemas import TOKEN_CREATE_EXAMPLES, TokenCreate, TokenCreated, TokenOut
+from app.auth.service import LastAdminToken, TokenService
 from app.deps import Admin, DbSession
+from app.errors import Forbidden, NotFound, Unauthenticated, ValidationFailed, responses
 from app.pagination import Page, PageParams, page_of
 
 router = APIRouter(prefix="/api/v1/tokens", tags=["tokens"])
@@ -27,23 +28,51 @@ def _out(token: ApiToken) -> TokenOut:
     )
 
 
-@router.post("", status_code=201)
-async def create_token(body: TokenCreate, auth: Admin, session: DbSession) -> TokenCreated:
+@router.post(
+    "",
+    status_code=201,
+    summary="Create an API token",
+    responses=responses(Unauthenticated, Forbidden, ValidationFailed),
+)
+async def create_token(
+    body: Annotated[TokenCreate, Body(openapi_examples=TOKEN_CREATE_EXAMPLES)],
+    auth: Admin,
+    session: DbSession,
+) -> TokenCreated:
+    """Admin only. A new token of the caller's workspace with the given role:
+    `admin` (everything), `reviewer` (read, approve and reject) or `sender` (read,
+    send). The token string (`wsk_...`) is in this response only: just its
+    SHA-256 is stored, so it cannot be shown again."""
     token, secret = await TokenService(session, auth).create(body.name, body.role)
     return TokenCreated(
         id=token.id, name=token.name, role=body.role, token=secret, created_at=token.created_at
     )
 
 
-@router.get("")
+@router.get(
+    "",
+    summary="List API tokens",
+    responses=responses(Unauthenticated, Forbidden, ValidationFailed),
+)
 async def list_tokens(
     auth: Admin, session: DbSession, params: Annotated[PageParams, Depends()]
 ) -> Page[TokenOut]:
+    """Admin only. The workspace's tokens, newest first, revoked ones included
+    (with `revoked_at`); never the token strings. `last_used_at` is kept to the
+    minute. Cursor-paginated (`?cursor=`, `?limit=` 1-200, default 50)."""
     rows = await TokenService(session, auth).list_tokens(params)
     rows, next_cursor = page_of(rows, params, lambda t: t.created_at)
     return Page(items=[_out(t) for t in rows], next_cursor=next_cursor)
 
 
-@router.delete("/{token_id}")
+@router.delete(
+    "/{token_id}",
+    summary="Revoke an API token",
+    responses=responses(Unauthenticated, Forbidden, NotFound, LastAdminToken, ValidationFailed),
+)
 async def revoke_token(token_id: uuid.UUID, auth: Admin, session: DbSession) -> TokenOut:
+    """Admin only. The token stops working at once (401 from then on) and is
+    answered with its `revoked_at`; revoking it again changes nothing. The
+    workspace's last live admin token cannot be revoked (409 `last_admin_token`):
+    nothing could then create another. A token of another workspace is 404."""
     return _out(await TokenService(session, auth).revoke(token_id))

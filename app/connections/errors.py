@@ -29,6 +29,7 @@ class TelegramUnavailable(AppError):
     status = 502
     code = "telegram_unavailable"
     default_message = "Telegram could not be reached; try again shortly."
+    documented_headers = {"Retry-After": "When Telegram is rate limiting the bot: seconds to wait."}
 
 
 class TelegramRejected(AppError):
@@ -36,6 +37,7 @@ class TelegramRejected(AppError):
 
     status = 502
     code = "telegram_error"
+    default_message = "Telegram refused the request."
 
 
 class BotAlreadyConnected(AppError):
@@ -48,12 +50,10 @@ class BotAlreadyConnected(AppError):
 class BotAlreadyConnectedHere(AppError):
     status = 409
     code = "bot_already_connected_here"
+    default_message = "This bot is already connected to this workspace."
 
     def __init__(self, connection_id: uuid.UUID) -> None:
-        super().__init__(
-            "This bot is already connected to this workspace.",
-            extra={"connection_id": str(connection_id)},
-        )
+        super().__init__(extra={"connection_id": str(connection_id)})
 
 
 class RotationUnsettled(AppError):

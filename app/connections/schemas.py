@@ -4,6 +4,7 @@ import uuid
 from datetime import datetime
 from typing import Literal
 
+from fastapi.openapi.models import Example
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.connections.models import ApprovalMode, ConnectionMode, ConnectionStatus
@@ -70,3 +71,32 @@ class DeleteOut(BaseModel):
     deleted: Literal[True] = True
     remote_cleanup: Literal["ok", "failed"]
     hint: str | None = None
+
+
+# Request examples for the API document (/docs offers them in "Try it out"). The
+# token has a real token's shape; Telegram does not know it.
+_EXAMPLE_BOT = "7000000001:AAFq3ZxExampleExampleExampleExample01"
+
+CONNECTION_CREATE_EXAMPLES: dict[str, Example] = {
+    "token only": {
+        "summary": "Name taken from the bot",
+        "value": {"bot_token": _EXAMPLE_BOT},
+    },
+    "named": {
+        "summary": "With a name of your own",
+        "value": {"bot_token": _EXAMPLE_BOT, "name": "Support bot"},
+    },
+}
+CONNECTION_PATCH_EXAMPLES: dict[str, Example] = {
+    "rename": {"summary": "Rename", "value": {"name": "Support (EU)"}},
+    "no approval": {
+        "summary": "Send without approval, at most 500 a day",
+        "value": {"approval_mode": "none", "daily_limit": 500},
+    },
+}
+TOKEN_REPLACE_EXAMPLES: dict[str, Example] = {
+    "regenerated": {
+        "summary": "The bot's new token from @BotFather",
+        "value": {"bot_token": "7000000001:AAGn5ZxRegeneratedRegeneratedRegener02"},
+    },
+}

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query
 
 from app.deps import AnyRole, DbSession
-from app.errors import NotFound
+from app.errors import NotFound, Unauthenticated, ValidationFailed, responses
 from app.inbox.repository import InboxRepository
 from app.ingress.repository import UpdateRepository
 from app.ingress.schemas import ContactOut, ConversationMessageOut, ConversationOut, EventOut
@@ -18,11 +18,18 @@ router = APIRouter(prefix="/api/v1", tags=["inbox"])
 Params = Annotated[PageParams, Depends()]
 
 
-@router.get("/connections/{connection_id}/events")
+@router.get(
+    "/connections/{connection_id}/events",
+    summary="List a connection's received updates",
+    responses=responses(Unauthenticated, NotFound, ValidationFailed),
+)
 async def list_events(
     connection_id: uuid.UUID, auth: AnyRole, session: DbSession, params: Params
 ) -> Page[EventOut]:
-    """Received updates, newest first: update_id, type and when it arrived."""
+    """Any role. The updates the connection received, newest first: `update_id`,
+    type, source (`webhook` or `polling`) and when it arrived; each once, however
+    often Telegram delivered it. A deleted connection, or one of another
+    workspace, is 404. Cursor-paginated (`?cursor=`, `?limit=` 1-200, default 50)."""
     updates = UpdateRepository(session, auth.workspace_id)
     if not await updates.connection_exists(connection_id):
         raise NotFound("No such connection.")
@@ -45,13 +52,20 @@ async def list_events(
     )
 
 
-@router.get("/contacts")
+@router.get(
+    "/contacts",
+    summary="List contacts",
+    responses=responses(Unauthenticated, ValidationFailed),
+)
 async def list_contacts(
     auth: AnyRole,
     session: DbSession,
     params: Params,
     connection_id: Annotated[uuid.UUID | None, Query()] = None,
 ) -> Page[ContactOut]:
+    """Any role. Everyone who wrote to the workspace's bots (a user, or a chat
+    speaking as itself), newest first; `?connection_id=` narrows it to one bot.
+    Contacts stay after their connection is deleted. Cursor-paginated."""
     inbox = InboxRepository(session, auth.workspace_id)
     rows, next_cursor = page_of(
         await inbox.contacts(params, connection_id), params, lambda r: r.created_at
@@ -62,14 +76,21 @@ async def list_contacts(
     )
 
 
-@router.get("/conversations")
+@router.get(
+    "/conversations",
+    summary="List conversations",
+    responses=responses(Unauthenticated, ValidationFailed),
+)
 async def list_conversations(
     auth: AnyRole,
     session: DbSession,
     params: Params,
     connection_id: Annotated[uuid.UUID | None, Query()] = None,
 ) -> Page[ConversationOut]:
-    """Conversations, most recently active first."""
+    """Any role. Conversations, most recently active first; `?connection_id=`
+    narrows it to one bot. Business and direct-messages chats are conversations
+    of their own, apart from the regular chat with the same id. A conversation
+    that becomes active while you page may move between pages. Cursor-paginated."""
     inbox = InboxRepository(session, auth.workspace_id)
     rows, next_cursor = page_of(
         await inbox.conversations(params, connection_id), params, lambda r: r.last_activity_at
@@ -80,11 +101,17 @@ async def list_conversations(
     )
 
 
-@router.get("/conversations/{conversation_id}/messages")
+@router.get(
+    "/conversations/{conversation_id}/messages",
+    summary="List a conversation's messages",
+    responses=responses(Unauthenticated, NotFound, ValidationFailed),
+)
 async def list_conversation_messages(
     conversation_id: uuid.UUID, auth: AnyRole, session: DbSession, params: Params
 ) -> Page[ConversationMessageOut]:
-    """The conversation's messages, inbound and outbound, oldest first."""
+    """Any role. The conversation's messages, oldest first; an edited message shows
+    its latest text and `edited_at`. A conversation of another workspace is 404.
+    Cursor-paginated (`?cursor=`, `?limit=` 1-200, default 50)."""
     inbox = InboxRepository(session, auth.workspace_id)
     if await inbox.conversation(conversation_id) is None:
         raise NotFound("No such conversation.")

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import logging
-import os
 import socket
-import subprocess
-import sys
 import traceback
 from collections.abc import AsyncIterator
 from pathlib import Path
