@@ -19,8 +19,9 @@ from app.connections.router import router as connections_router
 from app.connections.webhook import WEBHOOK_PATH
 from app.errors import install_error_handlers
 from app.health import router as health_router
+from app.inbox.router import router as inbox_router
 from app.ingress.openapi import add_webhook
-from app.ingress.router import router as inbox_router
+from app.ingress.router import router as updates_router
 from app.logging import configure_logging
 from app.middleware import RequestContextMiddleware
 from app.openapi import DESCRIPTION, TAGS
@@ -141,6 +142,7 @@ def create_app(
     app.include_router(health_router)
     app.include_router(tokens_router)
     app.include_router(connections_router)
+    app.include_router(updates_router)
     app.include_router(inbox_router)
     app.router.routes.append(Route(WEBHOOK_PATH, endpoint=_WebhookEndpoint(), methods=["POST"]))
     return app
