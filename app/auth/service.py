@@ -85,14 +85,14 @@ class TokenService:
         return await self.repository.list(params)
 
     async def revoke(self, token_id: uuid.UUID) -> ApiToken:
-        """Revoke a token; the workspace's last live admin token cannot be revoked,
-        because nothing could then create another one."""
-        token = await self.repository.get(token_id, for_update=True)
+        """Revoke a token (again: a no-op); the workspace's last live admin token
+        cannot be revoked, because nothing could then create another one. Of two
+        admins revoking each other at once, one succeeds and the other is refused."""
+        await self.repository.lock_workspace()
+        revoked = await self.repository.revoke(token_id, utcnow())
+        token = await self.repository.get(token_id)
         if token is None:
             raise NotFound("No such API token.")
-        if token.revoked_at is not None:
-            return token
-        if token.role == Role.admin.value and await self.repository.live_admin_count() <= 1:
+        if not revoked and token.revoked_at is None:
             raise LastAdminToken()
-        token.revoked_at = utcnow()
         return token
