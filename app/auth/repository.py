@@ -84,3 +84,10 @@ async def touch_token(session: AsyncSession, token_id: uuid.UUID, now: datetime)
 
 async def get_workspace(session: AsyncSession, workspace_id: uuid.UUID) -> Workspace | None:
     return await session.get(Workspace, workspace_id)
+
+
+async def list_workspaces(session: AsyncSession) -> list[Workspace]:
+    """Every workspace, oldest first: for the operator's command line only (no
+    endpoint lists across workspaces)."""
+    stmt = select(Workspace).order_by(Workspace.created_at, Workspace.id)
+    return list((await session.execute(stmt)).scalars())

@@ -32,3 +32,11 @@ class TokenCreated(BaseModel):
     role: Role
     token: str
     created_at: datetime
+
+
+class WorkspaceOut(BaseModel):
+    """A workspace as `integrations workspace list --json` prints it."""
+
+    id: uuid.UUID
+    name: str
+    created_at: datetime

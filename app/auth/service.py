@@ -9,7 +9,7 @@ from datetime import timedelta
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.models import ApiToken, Role, Workspace
-from app.auth.repository import TokenRepository, find_token_by_hash, touch_token
+from app.auth.repository import TokenRepository, find_token_by_hash, get_workspace, touch_token
 from app.auth.tokens import generate_api_token, hash_api_token, looks_like_api_token
 from app.db import utcnow
 from app.errors import Conflict, NotFound, Unauthenticated
@@ -43,6 +43,19 @@ async def create_workspace(session: AsyncSession, name: str) -> tuple[Workspace,
     session.add(token)
     await session.flush()
     return workspace, secret
+
+
+async def issue_token(
+    session: AsyncSession, workspace_id: uuid.UUID, name: str, role: Role
+) -> tuple[ApiToken, str]:
+    """A new token for a workspace, outside any request: the operator's way back in
+    when the last admin token is lost. Returns the token string once."""
+    if await get_workspace(session, workspace_id) is None:
+        raise NotFound("No such workspace.")
+    token, secret = _new_token(workspace_id, name, role)
+    session.add(token)
+    await session.flush()
+    return token, secret
 
 
 def _new_token(workspace_id: uuid.UUID, name: str, role: Role) -> tuple[ApiToken, str]:
