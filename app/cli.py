@@ -84,7 +84,7 @@ def _serve(settings: Settings, host: str, port: int) -> int:
     import uvicorn
 
     from app.main import create_app
-    from app.server import ServiceHttpProtocol
+    from app.server import http_protocol
     from app.vault import load_keyring
 
     # Refuse to start on a missing or malformed keyring with a clear message,
@@ -99,7 +99,7 @@ def _serve(settings: Settings, host: str, port: int) -> int:
         log_config=None,
         access_log=settings.access_log,
         proxy_headers=False,
-        http=ServiceHttpProtocol,
+        http=http_protocol(settings),
         # No endpoint speaks WebSocket: an upgrade request is an ordinary request,
         # answered by the application, rather than a bare 403 from the handshake.
         ws="none",

@@ -1,6 +1,6 @@
 """The HTTP server in front of the application, over raw sockets against a real
 `integrations serve` process: answers the application never sees (malformed
-requests) keep the one error shape."""
+requests, clients too slow to send their headers) keep the one error shape."""
 
 from __future__ import annotations
 
@@ -16,14 +16,16 @@ import pytest
 
 from tests.test_cli import cli_env, run_cli
 
+HEADER_TIMEOUT = 1.0
+# Generous: a connection still open this long after the header timeout was held.
 CLOSE_BOUND = 30.0
 
 
 @pytest.fixture(scope="module")
 def server_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
-    """A real server on the embedded default."""
+    """A real server on the embedded default, with a one-second header timeout."""
     tmp_path = tmp_path_factory.mktemp("server")
-    env = cli_env(tmp_path)
+    env = cli_env(tmp_path, HTTP_HEADER_TIMEOUT=str(HEADER_TIMEOUT))
     migrated = run_cli("migrate", env=env)
     assert migrated.returncode == 0, migrated.stderr
     with socket.socket() as probe:
@@ -117,3 +119,43 @@ def test_a_websocket_upgrade_is_an_ordinary_request(server_port: int) -> None:
         sock.shutdown(socket.SHUT_WR)
         raw = read_until_closed(sock, time.monotonic() + CLOSE_BOUND)
     assert_error_shape(raw, 404, "not_found")
+
+
+def test_fifty_clients_stuck_in_their_headers_are_closed_with_408(server_port: int) -> None:
+    partial = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: "
+    sockets = [connect(server_port, partial) for _ in range(50)]
+    deadline = time.monotonic() + CLOSE_BOUND
+    try:
+        for sock in sockets:
+            assert_error_shape(read_until_closed(sock, deadline), 408, "request_timeout")
+    finally:
+        for sock in sockets:
+            sock.close()
+    # The server still answers.
+    assert httpx.get(f"http://127.0.0.1:{server_port}/health", timeout=5).is_success
+
+
+def test_headers_dripped_a_byte_at_a_time_do_not_extend_the_deadline(server_port: int) -> None:
+    deadline = time.monotonic() + CLOSE_BOUND
+    with connect(server_port, b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ") as sock:
+        sock.settimeout(HEADER_TIMEOUT / 5)
+        while True:
+            assert time.monotonic() < deadline, f"still open after {CLOSE_BOUND} s"
+            try:
+                chunk: bytes | None = sock.recv(65536)
+            except TimeoutError:
+                chunk = None
+            except ConnectionResetError:
+                break
+            if chunk == b"":
+                break
+            if chunk is None:
+                try:
+                    sock.sendall(b"x")
+                except (BrokenPipeError, ConnectionResetError):
+                    break
+
+
+def test_a_connection_that_sends_nothing_is_closed(server_port: int) -> None:
+    with connect(server_port) as sock:
+        assert read_until_closed(sock, time.monotonic() + CLOSE_BOUND) == b""
