@@ -1,6 +1,7 @@
 """The `integrations` command (also `python -m app`).
 
-Commands: serve, worker, migrate, workspace create, vault status|rotate|generate-key.
+Commands: serve, worker, migrate, workspace create|list, token create,
+vault status|rotate|generate-key.
 Errors go to stderr with a non-zero exit status.
 """
 
@@ -11,15 +12,22 @@ import asyncio
 import json
 import signal
 import sys
-from collections.abc import Sequence
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
+from app.auth.models import Role
 from app.config import Settings, get_settings
 from app.logging import configure_logging, redact_text
+from app.validation import Name
 from app.vault import KeyringError
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 
 class CommandError(Exception):
@@ -63,6 +71,33 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument(
         "--json", action="store_true", help='print {"workspace_id", "token"} as one JSON object'
     )
+    listing = workspace_commands.add_parser("list", help="list every workspace")
+    listing.add_argument(
+        "--json", action="store_true", help='print [{"id", "name", "created_at"}] as JSON'
+    )
+
+    token = commands.add_parser("token", help="manage API tokens")
+    token_commands = token.add_subparsers(
+        dest="token_command", required=True, metavar="COMMAND", help="what to do"
+    )
+    issue = token_commands.add_parser(
+        "create", help="create an API token for a workspace (e.g. when the last admin's is lost)"
+    )
+    issue.add_argument(
+        "--workspace", required=True, type=uuid.UUID, metavar="ID", help="the workspace's id"
+    )
+    issue.add_argument(
+        "--role",
+        required=True,
+        choices=[role.value for role in Role],
+        help="what the token may do",
+    )
+    issue.add_argument("--name", default="command line", help="a name to recognise it by")
+    issue.add_argument(
+        "--json",
+        action="store_true",
+        help='print {"id", "workspace_id", "name", "role", "token", "created_at"} as JSON',
+    )
 
     vault = commands.add_parser("vault", help="credential vault: key usage and rotation")
     vault_commands = vault.add_subparsers(
@@ -85,6 +120,7 @@ def _serve(settings: Settings, host: str, port: int, with_worker: bool) -> int:
     import uvicorn
 
     from app.main import create_app
+    from app.server import http_protocol
     from app.vault import load_keyring
 
     # Refuse to start on a missing or malformed keyring with a clear message,
@@ -99,6 +135,10 @@ def _serve(settings: Settings, host: str, port: int, with_worker: bool) -> int:
         log_config=None,
         access_log=settings.access_log,
         proxy_headers=False,
+        http=http_protocol(settings),
+        # No endpoint speaks WebSocket: an upgrade request is an ordinary request,
+        # answered by the application, rather than a bare 403 from the handshake.
+        ws="none",
     )
     return 0
 
@@ -126,22 +166,85 @@ def _migrate(settings: Settings) -> int:
     return 0
 
 
+@asynccontextmanager
+async def _database(settings: Settings) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    """One engine and nothing else (no Redis, no HTTP client): a one-shot command's."""
+    import app.models  # noqa: F401 - every table, so any mapper can be configured
+    from app.db import create_engine, create_session_factory
+
+    engine = create_engine(settings.effective_database_url)
+    try:
+        yield create_session_factory(engine)
+    finally:
+        await engine.dispose()
+
+
+def _name(value: str, what: str) -> str:
+    """The API's rules for a name (see `app.validation.Name`)."""
+    try:
+        return TypeAdapter(Name).validate_python(value.strip())
+    except ValidationError as exc:
+        raise CommandError(f"{what}: {exc.errors()[0]['msg']}") from None
+
+
 async def _workspace_create(settings: Settings, name: str, as_json: bool) -> int:
     from app.auth.service import create_workspace
     from app.db import session_scope
-    from app.runtime import open_runtime
 
-    name = name.strip()
-    if not name or len(name) > 200:
-        raise CommandError("the workspace name must be 1-200 characters")
-    async with open_runtime(settings) as runtime:
-        async for session in session_scope(runtime.session_factory):
+    name = _name(name, "the workspace name")
+    async with _database(settings) as factory:
+        async for session in session_scope(factory):
             workspace, token = await create_workspace(session, name)
     if as_json:
         print(json.dumps({"workspace_id": str(workspace.id), "token": token}))
     else:
         print(f"workspace_id: {workspace.id}")
         print(f"admin token:  {token}")
+        print("The token is shown once; store it now.", file=sys.stderr)
+    return 0
+
+
+async def _workspace_list(settings: Settings, as_json: bool) -> int:
+    from app.auth.repository import list_workspaces
+    from app.auth.schemas import WorkspaceOut
+
+    async with _database(settings) as factory, factory() as session:
+        workspaces = await list_workspaces(session)
+    rows = [
+        WorkspaceOut.model_validate(w, from_attributes=True).model_dump(mode="json")
+        for w in workspaces
+    ]
+    if as_json:
+        print(json.dumps(rows))
+    else:
+        for row in rows:
+            print("\t".join((row["id"], row["name"], row["created_at"])))
+    return 0
+
+
+async def _token_create(
+    settings: Settings, workspace_id: uuid.UUID, role: Role, name: str, as_json: bool
+) -> int:
+    from app.auth.schemas import TokenCreated
+    from app.auth.service import issue_token
+    from app.db import session_scope
+    from app.errors import NotFound
+
+    name = _name(name, "the token name")
+    async with _database(settings) as factory:
+        try:
+            async for session in session_scope(factory):
+                token, secret = await issue_token(session, workspace_id, name, role)
+        except NotFound:
+            raise CommandError(f"no workspace with id {workspace_id}") from None
+    if as_json:
+        created = TokenCreated(
+            id=token.id, name=token.name, role=role, token=secret, created_at=token.created_at
+        )
+        print(json.dumps({"workspace_id": str(workspace_id), **created.model_dump(mode="json")}))
+    else:
+        print(f"token_id: {token.id}")
+        print(f"{role} token: {secret}")
         print("The token is shown once; store it now.", file=sys.stderr)
     return 0
 
@@ -209,8 +312,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_worker(settings))
         if args.command == "migrate":
             return _migrate(settings)
+        if args.command == "workspace" and args.workspace_command == "list":
+            return asyncio.run(_workspace_list(settings, args.json))
         if args.command == "workspace":
             return asyncio.run(_workspace_create(settings, args.name, args.json))
+        if args.command == "token":
+            return asyncio.run(
+                _token_create(settings, args.workspace, Role(args.role), args.name, args.json)
+            )
         if args.command == "vault" and args.vault_command == "generate-key":
             from app.vault import generate_key_entry
 

@@ -64,6 +64,11 @@ class Settings(BaseSettings):
 
     webhook_secret_grace_seconds: int = Field(default=600, ge=0)
 
+    # Seconds a connection has to deliver a request's complete headers, from when it
+    # opened or its previous response was sent; a slower client gets a 408 and is
+    # closed, so slow or silent connections cannot pile up.
+    http_header_timeout: float = Field(default=10.0, gt=0, le=300)
+
     @field_validator("ingress_trusted_proxies", mode="before")
     @classmethod
     def _split_proxies(cls, value: object) -> object:

@@ -137,6 +137,8 @@ def create_app(
         redoc_url=None,
     )
     app.state.settings = settings
+    # A path with a trailing slash is a 404 in the error shape, not a bare redirect.
+    app.router.redirect_slashes = False
     install_error_handlers(app)
     app.add_middleware(RequestContextMiddleware)
     app.include_router(health_router)

@@ -208,3 +208,31 @@ def unused_port() -> Iterator[int]:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     yield port
+
+
+@dataclass
+class BackendApp:
+    """The application on one backend, with a workspace of its own."""
+
+    backend: str
+    client: httpx.AsyncClient
+    workspace: WorkspaceFixture
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+async def backend_app(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    settings: Settings,
+    db_session_factory: async_sessionmaker[AsyncSession],
+    redis_client: Redis,
+) -> AsyncIterator[BackendApp]:
+    """The application on PostgreSQL, and again on the embedded default (a SQLite
+    file, the in-process limiter): what runs on both backends is tested on both."""
+    if request.param == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path / 'embedded.db'}"
+        await asyncio.to_thread(upgrade_to_head, url)
+        settings = settings.model_copy(update={"database_url": url, "redis_url": None})
+    async with running_app(settings) as (app, client):
+        workspace = await new_workspace(app.state.runtime.session_factory)
+        yield BackendApp(request.param, client, workspace)

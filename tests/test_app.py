@@ -9,7 +9,7 @@ import pytest
 
 from app.config import Settings
 from app.logging import configure_logging
-from tests.conftest import running_app
+from tests.conftest import WorkspaceFixture, running_app
 
 BOT_TOKEN = "123456789:AAH" + "x" * 32
 
@@ -137,3 +137,13 @@ def test_env_example_lists_every_setting_with_a_parseable_default() -> None:
         if line and not line.startswith("#") and "=" in line and line.split("=", 1)[1]
     }
     assert Settings(_env_file=None, **values).ingress_failed_auth_per_minute == 20  # type: ignore[call-arg]
+
+
+async def test_a_trailing_slash_is_404_in_the_error_shape_not_a_redirect(
+    app_client: httpx.AsyncClient, workspace: WorkspaceFixture
+) -> None:
+    for path in ("/api/v1/connections/", "/api/v1/tokens/", "/health/"):
+        response = await app_client.get(path, headers=workspace.headers())
+        assert response.status_code == 404, path
+        assert response.json()["error"]["code"] == "not_found"
+        assert "location" not in response.headers

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -19,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.auth.models import ApiToken, Workspace
 from app.auth.tokens import hash_api_token
+from tests.conftest import WorkspaceFixture
 
 
 def run_cli(
@@ -73,6 +75,114 @@ def test_workspace_create_rejects_an_empty_name_on_stderr(tmp_path: Path) -> Non
     result = run_cli("workspace", "create", "   ", env=env)
     assert result.returncode != 0
     assert "name" in result.stderr and result.stdout == ""
+
+
+# Unreachable on purpose: a one-shot command needs the database and nothing else.
+NOTHING_ELSE = {"REDIS_URL": "redis://127.0.0.1:9/0", "TELEGRAM_API_BASE": "http://127.0.0.1:9"}
+
+
+async def test_workspace_create_opens_nothing_but_the_database(
+    tmp_path: Path, database_url: str, db_session_factory: async_sessionmaker[AsyncSession]
+) -> None:
+    env = cli_env(tmp_path, DATABASE_URL=database_url, **NOTHING_ELSE)
+    result = run_cli("workspace", "create", "Hooli", "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    assert json.loads(result.stdout)["token"].startswith("wsk_")
+
+
+def test_workspace_create_refuses_control_characters_in_the_name(
+    tmp_path: Path, database_url: str
+) -> None:
+    env = cli_env(tmp_path, DATABASE_URL=database_url)
+    result = run_cli("workspace", "create", "Acme\x1b[2J", env=env)
+    assert result.returncode == 1
+    assert "name" in result.stderr and result.stdout == ""
+
+
+async def test_token_create_prints_a_token_that_works_against_the_api(
+    tmp_path: Path,
+    database_url: str,
+    app_client: httpx.AsyncClient,
+    workspace: WorkspaceFixture,
+) -> None:
+    env = cli_env(tmp_path, DATABASE_URL=database_url, **NOTHING_ELSE)
+    args = ("token", "create", "--workspace", str(workspace.id), "--role", "admin")
+    result = run_cli(*args, "--name", "recovery", "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    created = json.loads(result.stdout)
+    assert set(created) == {"id", "workspace_id", "name", "role", "token", "created_at"}
+    assert created["workspace_id"] == str(workspace.id)
+    assert (created["name"], created["role"]) == ("recovery", "admin")
+
+    headers = {"Authorization": f"Bearer {created['token']}"}
+    listed = await app_client.get("/api/v1/tokens", headers=headers)
+    assert listed.status_code == 200, listed.text
+    assert {"id": created["id"], "name": "recovery", "role": "admin"}.items() <= next(
+        item for item in listed.json()["items"] if item["id"] == created["id"]
+    ).items()
+    minted = await app_client.post(
+        "/api/v1/tokens", json={"name": "ci", "role": "sender"}, headers=headers
+    )
+    assert minted.status_code == 201
+
+    plain = run_cli(*args, env=env)
+    assert plain.returncode == 0, plain.stderr
+    token = plain.stdout.split("token:", 1)[1].split()[0]
+    answer = await app_client.get("/api/v1/tokens", headers={"Authorization": f"Bearer {token}"})
+    assert answer.status_code == 200
+    assert "shown once" in plain.stderr and token not in plain.stderr
+
+
+async def test_token_create_for_an_unknown_workspace_is_an_error(
+    tmp_path: Path, database_url: str, db_session_factory: async_sessionmaker[AsyncSession]
+) -> None:
+    env = cli_env(tmp_path, DATABASE_URL=database_url)
+    missing = str(uuid.uuid4())
+    result = run_cli("token", "create", "--workspace", missing, "--role", "admin", env=env)
+    assert result.returncode == 1
+    assert "workspace" in result.stderr and missing in result.stderr
+    assert result.stdout == ""
+    async with db_session_factory() as session:
+        assert (await session.execute(select(ApiToken))).first() is None
+
+
+def test_token_create_refuses_an_unknown_role_or_workspace_id(tmp_path: Path) -> None:
+    env = cli_env(tmp_path)
+    wrong_role = run_cli(
+        "token", "create", "--workspace", str(uuid.uuid4()), "--role", "owner", env=env
+    )
+    assert wrong_role.returncode == 2
+    assert "--role" in wrong_role.stderr and wrong_role.stdout == ""
+    wrong_id = run_cli("token", "create", "--workspace", "acme", "--role", "admin", env=env)
+    assert wrong_id.returncode == 2
+    assert "--workspace" in wrong_id.stderr and wrong_id.stdout == ""
+
+
+async def test_workspace_list_prints_every_workspace(
+    tmp_path: Path,
+    database_url: str,
+    workspace: WorkspaceFixture,
+    other_workspace: WorkspaceFixture,
+) -> None:
+    env = cli_env(tmp_path, DATABASE_URL=database_url, **NOTHING_ELSE)
+    listed = run_cli("workspace", "list", "--json", env=env)
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stderr == ""
+    rows = json.loads(listed.stdout)
+    assert [(row["id"], row["name"]) for row in rows] == [
+        (str(workspace.id), "Acme"),
+        (str(other_workspace.id), "Globex"),
+    ]
+    assert all(datetime.fromisoformat(row["created_at"]).tzinfo is not None for row in rows)
+
+    plain = run_cli("workspace", "list", env=env)
+    assert plain.returncode == 0, plain.stderr
+    lines = plain.stdout.splitlines()
+    assert len(lines) == 2
+    assert lines[0].split("\t")[:2] == [str(workspace.id), "Acme"]
+    assert lines[1].split("\t")[:2] == [str(other_workspace.id), "Globex"]
 
 
 def test_invalid_configuration_is_a_clear_error(tmp_path: Path) -> None:

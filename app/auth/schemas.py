@@ -2,18 +2,18 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Annotated
 
 from fastapi.openapi.models import Example
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
 
 from app.auth.models import Role
+from app.validation import FromString, Name, RequestModel
 
 
-class TokenCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(min_length=1, max_length=200)
-    role: Role
+class TokenCreate(RequestModel):
+    name: Name
+    role: Annotated[Role, FromString]
 
 
 class TokenOut(BaseModel):
@@ -32,6 +32,14 @@ class TokenCreated(BaseModel):
     name: str
     role: Role
     token: str
+    created_at: datetime
+
+
+class WorkspaceOut(BaseModel):
+    """A workspace as `integrations workspace list --json` prints it."""
+
+    id: uuid.UUID
+    name: str
     created_at: datetime
 
 

@@ -9,7 +9,7 @@ from datetime import timedelta
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.models import ApiToken, Role, Workspace
-from app.auth.repository import TokenRepository, find_token_by_hash, touch_token
+from app.auth.repository import TokenRepository, find_token_by_hash, get_workspace, touch_token
 from app.auth.tokens import generate_api_token, hash_api_token, looks_like_api_token
 from app.db import utcnow
 from app.errors import Conflict, NotFound, Unauthenticated
@@ -43,6 +43,19 @@ async def create_workspace(session: AsyncSession, name: str) -> tuple[Workspace,
     session.add(token)
     await session.flush()
     return workspace, secret
+
+
+async def issue_token(
+    session: AsyncSession, workspace_id: uuid.UUID, name: str, role: Role
+) -> tuple[ApiToken, str]:
+    """A new token for a workspace, outside any request: the operator's way back in
+    when the last admin token is lost. Returns the token string once."""
+    if await get_workspace(session, workspace_id) is None:
+        raise NotFound("No such workspace.")
+    token, secret = _new_token(workspace_id, name, role)
+    session.add(token)
+    await session.flush()
+    return token, secret
 
 
 def _new_token(workspace_id: uuid.UUID, name: str, role: Role) -> tuple[ApiToken, str]:
@@ -85,14 +98,14 @@ class TokenService:
         return await self.repository.list(params)
 
     async def revoke(self, token_id: uuid.UUID) -> ApiToken:
-        """Revoke a token; the workspace's last live admin token cannot be revoked,
-        because nothing could then create another one."""
-        token = await self.repository.get(token_id, for_update=True)
+        """Revoke a token (again: a no-op); the workspace's last live admin token
+        cannot be revoked, because nothing could then create another one. Of two
+        admins revoking each other at once, one succeeds and the other is refused."""
+        await self.repository.lock_workspace()
+        revoked = await self.repository.revoke(token_id, utcnow())
+        token = await self.repository.get(token_id)
         if token is None:
             raise NotFound("No such API token.")
-        if token.revoked_at is not None:
-            return token
-        if token.role == Role.admin.value and await self.repository.live_admin_count() <= 1:
+        if not revoked and token.revoked_at is None:
             raise LastAdminToken()
-        token.revoked_at = utcnow()
         return token

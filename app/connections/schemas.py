@@ -2,32 +2,31 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
 from fastapi.openapi.models import Example
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.connections.models import ApprovalMode, ConnectionMode, ConnectionStatus
+from app.validation import FromString, Name, RequestModel
 
 
-class ConnectionCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
-
-    bot_token: str = Field(min_length=1, max_length=256)
-    name: str | None = Field(default=None, min_length=1, max_length=200)
-
-
-class TokenReplace(BaseModel):
-    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+class ConnectionCreate(RequestModel):
+    model_config = ConfigDict(hide_input_in_errors=True)
 
     bot_token: str = Field(min_length=1, max_length=256)
+    name: Name | None = None
 
 
-class ConnectionPatch(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class TokenReplace(RequestModel):
+    model_config = ConfigDict(hide_input_in_errors=True)
 
-    name: str | None = Field(default=None, min_length=1, max_length=200)
-    approval_mode: ApprovalMode | None = None
+    bot_token: str = Field(min_length=1, max_length=256)
+
+
+class ConnectionPatch(RequestModel):
+    name: Name | None = None
+    approval_mode: Annotated[ApprovalMode | None, FromString] = None
     daily_limit: int | None = Field(default=None, ge=1, le=1_000_000)
 
 

@@ -1,13 +1,15 @@
 from __future__ import annotations
 
+import asyncio
 import uuid
+from collections.abc import AsyncIterator
 
 import httpx
 from sqlalchemy import select
 
 from app.auth.models import ApiToken, Role
 from app.auth.tokens import hash_api_token
-from tests.conftest import WorkspaceFixture
+from tests.conftest import BackendApp, WorkspaceFixture
 
 
 def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, object]:
@@ -164,6 +166,74 @@ async def test_the_last_admin_token_cannot_be_revoked(
     await workspace.token(Role.admin, "second admin")
     revoked = await app_client.delete(f"/api/v1/tokens/{admin['id']}", headers=workspace.headers())
     assert revoked.status_code == 200
+
+
+async def _revocation_rounds(
+    backend_app: BackendApp, *, each_other: bool
+) -> AsyncIterator[list[httpx.Response]]:
+    """Ten rounds in which the workspace's only two admin tokens are revoked at once
+    (each by the other, or each by itself); yields each round's two responses."""
+    client, workspace = backend_app.client, backend_app.workspace
+    (initial,) = (await client.get("/api/v1/tokens", headers=workspace.headers())).json()["items"]
+    survivor = await workspace.token(Role.admin, "first")
+    revoked = await client.delete(
+        f"/api/v1/tokens/{initial['id']}", headers=workspace.headers(survivor[1])
+    )
+    assert revoked.status_code == 200
+    for round_ in range(10):
+        pair = (survivor, await workspace.token(Role.admin, f"round {round_}"))
+        # Used once already, so neither request writes last_used_at: the two
+        # requests race on the revocations alone.
+        for _token_id, secret in pair:
+            assert (
+                await client.get("/api/v1/tokens", headers=workspace.headers(secret))
+            ).is_success
+        targets = pair[::-1] if each_other else pair
+        responses = list(
+            await asyncio.gather(
+                *(
+                    client.delete(
+                        f"/api/v1/tokens/{target[0]}", headers=workspace.headers(caller[1])
+                    )
+                    for caller, target in zip(pair, targets, strict=True)
+                )
+            )
+        )
+        statuses = [response.status_code for response in responses]
+        assert statuses.count(200) == 1, [response.text for response in responses]
+        yield responses
+        (survivor,) = [
+            token
+            for token, response in zip(targets, responses, strict=True)
+            if response.status_code != 200
+        ]
+        listed = await client.get("/api/v1/tokens", headers=workspace.headers(survivor[1]))
+        live = [
+            item["id"]
+            for item in listed.json()["items"]
+            if item["role"] == "admin" and item["revoked_at"] is None
+        ]
+        assert live == [str(survivor[0])]
+
+
+async def test_two_admins_revoking_themselves_at_once_leave_exactly_one(
+    backend_app: BackendApp,
+) -> None:
+    async for responses in _revocation_rounds(backend_app, each_other=False):
+        (refused,) = [r for r in responses if r.status_code != 200]
+        assert_error(refused, 409, "last_admin_token")
+
+
+async def test_two_admins_revoking_each_other_at_once_leave_exactly_one(
+    backend_app: BackendApp,
+) -> None:
+    async for responses in _revocation_rounds(backend_app, each_other=True):
+        (refused,) = [r for r in responses if r.status_code != 200]
+        if refused.status_code == 401:
+            # The winner committed before the loser's own token was even checked.
+            assert_error(refused, 401, "unauthenticated")
+        else:
+            assert_error(refused, 409, "last_admin_token")
 
 
 async def test_a_crafted_cursor_is_422_not_500(
