@@ -11,6 +11,7 @@ raises.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from http import HTTPStatus
 from typing import Any, ClassVar
@@ -21,6 +22,22 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import SkipJsonSchema
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+
+def error_body(
+    code: str, message: str, *, field: str | None = None, **extra: Any
+) -> dict[str, Any]:
+    """The one error shape: `{"error": {"code", "message", "field"?, ...extra}}`."""
+    error: dict[str, Any] = {"code": code, "message": message}
+    if field is not None:
+        error["field"] = field
+    error.update(extra)
+    return {"error": error}
+
+
+def error_json(code: str, message: str) -> bytes:
+    """`error_body` as the bytes of a response, for the paths below FastAPI."""
+    return json.dumps(error_body(code, message)).encode()
 
 
 class AppError(Exception):
@@ -45,11 +62,7 @@ class AppError(Exception):
         super().__init__(self.message)
 
     def body(self) -> dict[str, Any]:
-        error: dict[str, Any] = {"code": self.code, "message": self.message}
-        if self.field is not None:
-            error["field"] = self.field
-        error.update(self.extra)
-        return {"error": error}
+        return error_body(self.code, self.message, field=self.field, **self.extra)
 
 
 class Unauthenticated(AppError):
@@ -98,10 +111,9 @@ class ServiceUnavailable(AppError):
 def error_response(
     status: int, code: str, message: str, field: str | None = None, **headers: str
 ) -> JSONResponse:
-    error: dict[str, Any] = {"code": code, "message": message}
-    if field is not None:
-        error["field"] = field
-    return JSONResponse({"error": error}, status_code=status, headers=headers or None)
+    return JSONResponse(
+        error_body(code, message, field=field), status_code=status, headers=headers or None
+    )
 
 
 _HTTP_CODES = {

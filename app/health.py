@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from app.deps import RuntimeDep
-from app.errors import Error, documented_error
+from app.errors import Error, documented_error, error_body
 
 router = APIRouter(tags=["operations"])
 logger = structlog.get_logger("app.health")
@@ -23,7 +23,7 @@ class NotReady(Error):
 
 
 _NOT_READY_EXAMPLE = {
-    "error": {"code": "not_ready", "message": "Unavailable: redis.", "field": "redis"},
+    **error_body("not_ready", "Unavailable: redis.", field="redis"),
     "checks": {"database": "ok", "redis": "unavailable"},
 }
 
@@ -77,15 +77,7 @@ async def ready(runtime: RuntimeDep) -> JSONResponse | dict[str, Any]:
         checks["redis"] = "not_configured"
     failed = [name for name, state in checks.items() if state == "unavailable"]
     if failed:
-        return JSONResponse(
-            {
-                "error": {
-                    "code": "not_ready",
-                    "message": "Unavailable: " + ", ".join(failed) + ".",
-                    "field": failed[0],
-                },
-                "checks": checks,
-            },
-            status_code=503,
-        )
+        message = "Unavailable: " + ", ".join(failed) + "."
+        body = error_body("not_ready", message, field=failed[0])
+        return JSONResponse({**body, "checks": checks}, status_code=503)
     return {"status": "ready", "checks": checks}

@@ -12,8 +12,9 @@ import re
 import uuid
 
 import structlog
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.errors import error_response
 
 REQUEST_ID_HEADER = b"x-request-id"
 # Accept a caller's id only when it is short and plain, so it cannot inject log content.
@@ -62,10 +63,7 @@ class RequestContextMiddleware:
             logger.error("unhandled_error", error_type=type(exc).__name__, exc_info=exc)
             if response_started:
                 raise
-            response = JSONResponse(
-                {"error": {"code": "internal_error", "message": "An unexpected error occurred."}},
-                status_code=500,
-            )
+            response = error_response(500, "internal_error", "An unexpected error occurred.")
             await response(scope, receive, send_with_id)
         finally:
             structlog.contextvars.clear_contextvars()

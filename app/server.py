@@ -19,13 +19,13 @@ Nothing here replaces a reverse proxy's limits (see the README's deployment note
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
 from typing import Any, ClassVar
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from app.config import Settings
+from app.errors import error_json
 
 
 class ServiceHttpProtocol(HttpToolsProtocol):
@@ -91,7 +91,7 @@ class ServiceHttpProtocol(HttpToolsProtocol):
             self.transport.close()
 
     def _answer_and_close(self, status: int, code: str, message: str) -> None:
-        body = json.dumps({"error": {"code": code, "message": message}}).encode()
+        body = error_json(code, message)
         head = [STATUS_LINE[status]]
         for name, value in self.server_state.default_headers:
             head += [name, b": ", value, b"\r\n"]

@@ -33,6 +33,7 @@ from starlette.types import Receive, Scope, Send
 
 from app.config import Settings
 from app.db import utcnow
+from app.errors import error_json
 from app.ingress.directory import ConnectionDirectory, WebhookRoute
 from app.ingress.store import IncomingUpdate, StorageUnavailable, UpdateWriter
 from app.ratelimit import CachedPeek, RateLimit, RateLimiter, RateLimiterUnavailable
@@ -49,21 +50,17 @@ TELEGRAM_RANGES = (
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-def _body(code: str, message: str) -> bytes:
-    return json.dumps({"error": {"code": code, "message": message}}).encode()
-
-
 # One body per status: a caller learns nothing from which check failed.
 OK_BODY = b"{}"
-UNAUTHORIZED = _body("unauthenticated", "Unknown webhook key or wrong secret token.")
-RATE_LIMITED = _body("rate_limited", "Too many requests; retry later.")
-FORBIDDEN_SOURCE = _body("forbidden", "Requests are accepted from Telegram's addresses only.")
-UNSUPPORTED_TYPE = _body("unsupported_media_type", "The body must be application/json.")
-TOO_LARGE = _body("payload_too_large", "The body is larger than the limit.")
-BAD_UPDATE = _body(
+UNAUTHORIZED = error_json("unauthenticated", "Unknown webhook key or wrong secret token.")
+RATE_LIMITED = error_json("rate_limited", "Too many requests; retry later.")
+FORBIDDEN_SOURCE = error_json("forbidden", "Requests are accepted from Telegram's addresses only.")
+UNSUPPORTED_TYPE = error_json("unsupported_media_type", "The body must be application/json.")
+TOO_LARGE = error_json("payload_too_large", "The body is larger than the limit.")
+BAD_UPDATE = error_json(
     "invalid_update", "The body must be a UTF-8 JSON object with a non-negative update_id."
 )
-UNAVAILABLE = _body("service_unavailable", "Storage is unavailable; retry later.")
+UNAVAILABLE = error_json("service_unavailable", "Storage is unavailable; retry later.")
 
 
 class _TooLarge(Exception):
