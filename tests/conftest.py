@@ -172,7 +172,7 @@ class WorkspaceFixture:
         secret = generate_api_token()
         async for session in session_scope(self.session_factory):
             row = ApiToken(
-                workspace_id=self.id, name=name, role=role.value, token_hash=hash_api_token(secret)
+                workspace_id=self.id, name=name, role=role, token_hash=hash_api_token(secret)
             )
             session.add(row)
             await session.flush()

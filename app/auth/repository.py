@@ -45,7 +45,7 @@ class TokenRepository:
             select(other.id)
             .where(
                 other.workspace_id == self.workspace_id,
-                other.role == Role.admin.value,
+                other.role == Role.admin,
                 other.revoked_at.is_(None),
                 other.id != token_id,
             )
@@ -57,7 +57,7 @@ class TokenRepository:
                 ApiToken.workspace_id == self.workspace_id,
                 ApiToken.id == token_id,
                 ApiToken.revoked_at.is_(None),
-                or_(ApiToken.role != Role.admin.value, another_live_admin),
+                or_(ApiToken.role != Role.admin, another_live_admin),
             )
             .values(revoked_at=now)
             .returning(ApiToken.id)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends
 
-from app.auth.models import ApiToken, Role
+from app.auth.models import ApiToken
 from app.auth.schemas import TOKEN_CREATE_EXAMPLES, TokenCreate, TokenCreated, TokenOut
 from app.auth.service import LastAdminToken, TokenService
 from app.deps import Admin, DbSession
@@ -21,7 +21,7 @@ def _out(token: ApiToken) -> TokenOut:
     return TokenOut(
         id=token.id,
         name=token.name,
-        role=Role(token.role),
+        role=token.role,
         created_at=token.created_at,
         last_used_at=token.last_used_at,
         revoked_at=token.revoked_at,

@@ -63,7 +63,7 @@ def _new_token(workspace_id: uuid.UUID, name: str, role: Role) -> tuple[ApiToken
     token = ApiToken(
         workspace_id=workspace_id,
         name=name,
-        role=role.value,
+        role=role,
         token_hash=hash_api_token(secret),
         created_at=utcnow(),
     )
@@ -80,7 +80,7 @@ async def authenticate(session: AsyncSession, presented: str | None) -> AuthCont
     now = utcnow()
     if token.last_used_at is None or now - token.last_used_at > LAST_USED_PRECISION:
         await touch_token(session, token.id, now)
-    return AuthContext(token_id=token.id, workspace_id=token.workspace_id, role=Role(token.role))
+    return AuthContext(token_id=token.id, workspace_id=token.workspace_id, role=token.role)
 
 
 class TokenService:
