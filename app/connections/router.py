@@ -209,15 +209,7 @@ async def connection_health(
     Each check is a Telegram call, so checks are limited per connection (30 a
     minute, bursts of 10): 429 with `Retry-After`. 503 when the limiter's Redis
     is unreachable."""
-    report = await ConnectionService(session, runtime, auth).health(connection_id)
-    return HealthOut(
-        verdict=report.verdict,
-        hint=report.hint,
-        webhook_url_is_ours=report.webhook_url_is_ours,
-        pending_update_count=report.pending_update_count,
-        last_error_date=report.last_error_date,
-        last_error_message=report.last_error_message,
-    )
+    return await ConnectionService(session, runtime, auth).health(connection_id)
 
 
 @router.post(
@@ -309,5 +301,4 @@ async def delete_connection(
     removed: 502 `telegram_unavailable`, and the connection keeps its
     credentials so that a retry can clean up. One change to a connection runs at
     a time: 409 `operation_in_progress`."""
-    report = await ConnectionService(session, runtime, auth).delete(connection_id)
-    return DeleteOut(id=report.id, remote_cleanup=report.remote_cleanup, hint=report.hint)
+    return await ConnectionService(session, runtime, auth).delete(connection_id)

@@ -8,6 +8,7 @@ from fastapi.openapi.models import Example
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.connections.models import ApprovalMode, ConnectionMode, ConnectionStatus
+from app.connections.status import Verdict
 from app.validation import FromString, Name, RequestModel
 
 
@@ -55,15 +56,19 @@ class ConnectionCreated(ConnectionOut):
 
 
 class HealthOut(BaseModel):
-    verdict: Literal["healthy", "degraded", "action_required"]
+    """The live health check's answer (built by the service, returned as it is)."""
+
+    verdict: Verdict
     hint: str | None
     webhook_url_is_ours: bool
-    pending_update_count: int | None
-    last_error_date: datetime | None
-    last_error_message: str | None
+    pending_update_count: int | None = None
+    last_error_date: datetime | None = None
+    last_error_message: str | None = None
 
 
 class DeleteOut(BaseModel):
+    """What a delete did (built by the service, returned as it is)."""
+
     model_config = ConfigDict(extra="forbid")
 
     id: uuid.UUID

@@ -45,6 +45,7 @@ from app.connections.models import (
     TelegramConnection,
 )
 from app.connections.repository import ConnectionRepository, find_live_connection_by_bot
+from app.connections.schemas import DeleteOut, HealthOut
 from app.connections.status import (
     MANUAL_CLEANUP_HINT,
     NO_WEBHOOK_HINT,
@@ -94,23 +95,6 @@ MAX_SET_WEBHOOK_WAIT = 5.0
 # valid as long as Telegram keeps retrying a delivery.
 UNSETTLED_SECRET_GRACE = timedelta(hours=24)
 HEALTH_CHECK_LIMIT = RateLimit.per_minute(30, burst=10)
-
-
-@dataclass
-class HealthReport:
-    verdict: Verdict
-    hint: str | None
-    webhook_url_is_ours: bool
-    pending_update_count: int | None = None
-    last_error_date: datetime | None = None
-    last_error_message: str | None = None
-
-
-@dataclass
-class DeleteReport:
-    id: uuid.UUID
-    remote_cleanup: str
-    hint: str | None = None
 
 
 @dataclass
@@ -261,7 +245,7 @@ class ConnectionService:
 
     # -- health --------------------------------------------------------------------
 
-    async def health(self, connection_id: uuid.UUID) -> HealthReport:
+    async def health(self, connection_id: uuid.UUID) -> HealthOut:
         # No row lock: it would be held across the Telegram call.
         connection = await self.get(connection_id)
         await self._limit_live_checks(connection.id)
@@ -269,7 +253,7 @@ class ConnectionService:
         try:
             info = await self.telegram.get_webhook_info(token)
         except (TelegramUnauthorized, TelegramNotFound):
-            report = HealthReport(
+            report = HealthOut(
                 verdict=Verdict.action_required,
                 hint=UNAUTHORIZED_HINT,
                 webhook_url_is_ours=False,
@@ -283,12 +267,12 @@ class ConnectionService:
         connection.last_checked_at = utcnow()
         return report
 
-    def _judge(self, connection: TelegramConnection, info: WebhookInfo) -> HealthReport:
+    def _judge(self, connection: TelegramConnection, info: WebhookInfo) -> HealthOut:
         ours = self._is_our_webhook(connection, info.url)
         last_error_date = (
             datetime.fromtimestamp(info.last_error_date, UTC) if info.last_error_date else None
         )
-        report = HealthReport(
+        report = HealthOut(
             verdict=Verdict.healthy,
             hint=None,
             webhook_url_is_ours=ours,
@@ -395,7 +379,7 @@ class ConnectionService:
 
     # -- delete --------------------------------------------------------------------
 
-    async def delete(self, connection_id: uuid.UUID) -> DeleteReport:
+    async def delete(self, connection_id: uuid.UUID) -> DeleteOut:
         """deleteWebhook, then destroy the credentials; the row stays for history.
 
         Telegram refusing (the token was revoked) still removes the connection,
@@ -405,7 +389,7 @@ class ConnectionService:
         """
         async with self.locks.hold(f"connection:{connection_id}"):
             connection = await self.get(connection_id)
-            report = DeleteReport(id=connection.id, remote_cleanup="ok")
+            report = DeleteOut(id=connection.id, remote_cleanup="ok")
             try:
                 await self.telegram.delete_webhook(self._open_token(connection))
             except TelegramError as exc:
