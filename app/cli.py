@@ -157,7 +157,7 @@ async def _worker(settings: Settings) -> int:
 
 
 def _migrate(settings: Settings) -> int:
-    from app.schema import upgrade_to_head
+    from app.migrate import upgrade_to_head
 
     if settings.database_url is None:
         settings.data_dir.mkdir(parents=True, exist_ok=True)

@@ -15,8 +15,8 @@ from starlette.types import Receive, Scope, Send
 
 from app.auth.router import router as tokens_router
 from app.config import Settings, get_settings
+from app.connections.registration import WEBHOOK_PATH
 from app.connections.router import router as connections_router
-from app.connections.webhook import WEBHOOK_PATH
 from app.errors import install_error_handlers
 from app.health import router as health_router
 from app.inbox.router import router as inbox_router

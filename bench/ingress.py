@@ -7,7 +7,7 @@ endpoint and against aiogram's webhook handler, side by side in one run.
 What it does (see bench/README.md for how to read the output):
 
 1. Prepares a fresh PostgreSQL database (created, migrated with
-   app.schema.upgrade_to_head, dropped at the end), flushes one Redis DB index,
+   app.migrate.upgrade_to_head, dropped at the end), flushes one Redis DB index,
    and inserts a workspace and one webhook-mode Telegram connection whose bot
    token, webhook secret and webhook key are sealed with the vault exactly as
    app/connections/service.py does. No Telegram call is made. The ingress rate
@@ -362,7 +362,7 @@ async def _seed(fixture: Fixture) -> None:
         ConnectionStatus,
         TelegramConnection,
     )
-    from app.connections.webhook import generate_webhook_key, generate_webhook_secret
+    from app.connections.registration import generate_webhook_key, generate_webhook_secret
     from app.db import create_engine, create_session_factory, new_id, utcnow
     from app.telegram.types import BotToken
     from app.vault import Vault, load_keyring
@@ -401,7 +401,7 @@ async def _seed(fixture: Fixture) -> None:
 
 
 def prepare_fixture(fixture: Fixture) -> None:
-    from app.schema import upgrade_to_head
+    from app.migrate import upgrade_to_head
 
     asyncio.run(_create_database(fixture))
     fixture.created = True

@@ -35,8 +35,8 @@ from app.config import Settings
 from app.db import create_engine, create_session_factory, session_scope
 from app.logging import configure_logging
 from app.main import create_app
+from app.migrate import upgrade_to_head
 from app.models import metadata
-from app.schema import upgrade_to_head
 from tests.telegram_double.double import TelegramDouble
 from tests.telegram_double.fixtures import stop_shared_double, telegram_double
 

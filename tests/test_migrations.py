@@ -13,8 +13,8 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db import create_engine
+from app.migrate import upgrade_to_head
 from app.models import metadata
-from app.schema import upgrade_to_head
 
 
 def _diff(connection: Connection) -> list[Any]:

@@ -27,7 +27,7 @@ from starlette.routing import BaseRoute, Route
 
 from app.auth.models import Role
 from app.config import Settings
-from app.connections.webhook import WEBHOOK_PATH
+from app.connections.registration import WEBHOOK_PATH
 from app.errors import Error
 from app.health import NotReady
 from app.main import create_app

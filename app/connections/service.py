@@ -44,6 +44,14 @@ from app.connections.models import (
     ConnectionStatus,
     TelegramConnection,
 )
+from app.connections.registration import (
+    ALLOWED_UPDATES,
+    generate_webhook_key,
+    generate_webhook_secret,
+    host_of,
+    split_webhook_url,
+    webhook_url,
+)
 from app.connections.repository import ConnectionRepository, find_live_connection_by_bot
 from app.connections.schemas import DeleteOut, HealthOut
 from app.connections.status import (
@@ -58,14 +66,6 @@ from app.connections.status import (
     unsettled_rotation_hint,
     webhook_blocks_polling_hint,
     webhook_elsewhere_hint,
-)
-from app.connections.webhook import (
-    ALLOWED_UPDATES,
-    generate_webhook_key,
-    generate_webhook_secret,
-    host_of,
-    split_webhook_url,
-    webhook_url,
 )
 from app.db import new_id, utcnow
 from app.errors import AppError, NotFound, RateLimited, ServiceUnavailable, ValidationFailed

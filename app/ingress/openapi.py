@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from app.connections.webhook import WEBHOOK_PATH
+from app.connections.registration import WEBHOOK_PATH
 from app.errors import documented_error
 from app.ingress.webhook import (
     BAD_UPDATE,

@@ -66,6 +66,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.connections.credentials import ConnectionCredentials
 from app.connections.models import ConnectionStatus
+from app.connections.registration import ALLOWED_UPDATES
 from app.connections.repository import PollingLeases
 from app.connections.status import (
     CONFLICT_OTHER_CONSUMER_HINT,
@@ -73,7 +74,6 @@ from app.connections.status import (
     CREDENTIALS_UNREADABLE_HINT,
     UNAUTHORIZED_HINT,
 )
-from app.connections.webhook import ALLOWED_UPDATES
 from app.db import utcnow
 from app.ingress.store import (
     IncomingUpdate,

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
 from app.connections.models import TelegramConnection
-from app.connections.webhook import ALLOWED_UPDATES, WEBHOOK_PATH
+from app.connections.registration import ALLOWED_UPDATES, WEBHOOK_PATH
 from tests.auth.test_tokens_api import assert_error
 from tests.conftest import PUBLIC_BASE_URL, WorkspaceFixture, new_workspace, running_app
 from tests.connections.helpers import connect_bot, webhook_credentials

@@ -11,12 +11,12 @@ import httpx
 from sqlalchemy import event, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.connections.webhook import WEBHOOK_PATH
+from app.connections.registration import WEBHOOK_PATH
 from app.db import create_engine
 from app.inbox.models import Contact, Conversation, ConversationMessage
 from app.ingress.directory import ConnectionDirectory
 from app.ingress.models import TelegramUpdate
-from app.schema import upgrade_to_head
+from app.migrate import upgrade_to_head
 from app.vault import Vault, parse_keyring
 from tests.conftest import (
     TEST_VAULT_KEYS,

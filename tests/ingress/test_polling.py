@@ -27,13 +27,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, a
 
 from app.config import Settings
 from app.connections.models import TelegramConnection
+from app.connections.registration import ALLOWED_UPDATES
 from app.connections.status import (
     CONFLICT_OTHER_CONSUMER_HINT,
     CONFLICT_WEBHOOK_HINT,
     CREDENTIALS_UNREADABLE_HINT,
     UNAUTHORIZED_HINT,
 )
-from app.connections.webhook import ALLOWED_UPDATES
 from app.db import utcnow
 from app.inbox.models import Contact, Conversation, ConversationMessage
 from app.ingress.models import TelegramUpdate

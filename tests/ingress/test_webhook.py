@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
 from app.connections.models import TelegramConnection
-from app.connections.webhook import WEBHOOK_PATH
+from app.connections.registration import WEBHOOK_PATH
 from app.inbox.models import Conversation, ConversationMessage
 from app.ingress.models import TelegramUpdate
 from tests.conftest import WorkspaceFixture, make_settings, running_app

@@ -1,4 +1,5 @@
-"""Webhook credentials: generation, and the URL Telegram is told to call."""
+"""What a connection registers with Telegram: the webhook URL with its key, the
+secret, and the updates it asks for; how the key and secret are generated."""
 
 from __future__ import annotations
 
