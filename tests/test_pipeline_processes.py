@@ -9,14 +9,12 @@ its contact and its conversation through the API.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +26,8 @@ import pytest
 from tests.conftest import PUBLIC_BASE_URL, TEST_REDIS_URL, TEST_VAULT_KEYS
 from tests.connections.helpers import webhook_credentials
 from tests.telegram_double.double import TelegramDouble
+from tests.waiting import eventually
 
-WAIT_LIMIT = 30.0
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -100,20 +98,6 @@ def running(args: list[str], env: dict[str, str], cwd: Path | None = None) -> It
         finished.stderr = stderr
         # Whatever the test saw, a traceback in a process is a failure of its own.
         assert "Traceback" not in stderr, stderr
-
-
-async def eventually(check: Callable[[], Any], what: str) -> Any:
-    """Call `check` until it returns something truthy; fail after WAIT_LIMIT."""
-    deadline = time.monotonic() + WAIT_LIMIT
-    while True:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        await asyncio.sleep(0.1)
 
 
 @dataclass

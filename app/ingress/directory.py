@@ -163,6 +163,8 @@ class DirectoryInvalidator:
         self._redis = redis
         self._listener: asyncio.Task[None] | None = None
         self._stopping = False
+        # Set while this replica is subscribed to other replicas' invalidations.
+        self.subscribed = asyncio.Event()
 
     async def connection_changed(self, connection_id: uuid.UUID) -> None:
         self._directory.invalidate(connection_id)
@@ -199,6 +201,7 @@ class DirectoryInvalidator:
                     await pubsub.subscribe(INVALIDATION_CHANNEL)
                     # Whatever changed while we were not listening is unknown.
                     self._directory.invalidate()
+                    self.subscribed.set()
                     while not self._stopping:
                         message = await pubsub.get_message(
                             ignore_subscribe_messages=True, timeout=1.0
@@ -208,6 +211,7 @@ class DirectoryInvalidator:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                self.subscribed.clear()
                 logger.warning("directory_listener_reconnecting", error_type=type(exc).__name__)
                 self._directory.invalidate()
                 await asyncio.sleep(1.0)

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import itertools
 import json
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -45,6 +44,7 @@ from tests.conftest import WorkspaceFixture, make_settings, running_app
 from tests.connections.helpers import connect_bot
 from tests.telegram_double.double import TelegramDouble
 from tests.telegram_double.state import FakeBot
+from tests.waiting import eventually
 
 FAST = RetryDelays(conflict=0.05, token_rejected=0.05, backoff_base=0.01, backoff_cap=0.05)
 # Long enough that a test can look at the state a failure leaves behind.
@@ -54,21 +54,6 @@ _message_ids = itertools.count(1)
 
 
 # -- helpers -------------------------------------------------------------------
-
-
-async def eventually(condition: Callable[[], Any], what: str) -> None:
-    """Poll `condition` (sync or async) until it is true; fail after WAIT_LIMIT."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + WAIT_LIMIT
-    while True:
-        result = condition()
-        if inspect.isawaitable(result):
-            result = await result
-        if result:
-            return
-        if loop.time() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 def text_message(chat_id: int, text_: str, first_name: str = "Ann") -> dict[str, Any]:
@@ -824,41 +809,7 @@ async def test_a_deleted_connection_stops_being_polled(
     assert unseen not in await stored_ids(db_session_factory, doomed_id)
 
 
-# -- housekeeping and backoff ---------------------------------------------------------
-
-
-async def test_expired_previous_webhook_secrets_are_cleared_and_current_ones_kept(
-    polling_settings: Settings,
-    workspace: WorkspaceFixture,
-    telegram_double: TelegramDouble,
-    db_session_factory: async_sessionmaker[AsyncSession],
-) -> None:
-    (_, expired_id), (_, current_id) = await connect_polling_bots(
-        polling_settings, workspace, telegram_double, count=2
-    )
-    now = utcnow()
-    await set_columns(
-        db_session_factory,
-        expired_id,
-        previous_secret_hash="h" * 64,
-        previous_secret_expires_at=now - timedelta(seconds=1),
-    )
-    await set_columns(
-        db_session_factory,
-        current_id,
-        previous_secret_hash="k" * 64,
-        previous_secret_expires_at=now + timedelta(minutes=10),
-    )
-
-    async def cleared() -> bool:
-        row = await connection_row(db_session_factory, expired_id)
-        return row.previous_secret_hash is None and row.previous_secret_expires_at is None
-
-    async with running_worker(polling_settings):
-        await eventually(cleared, "the expired previous secret to be cleared")
-    current = await connection_row(db_session_factory, current_id)
-    assert current.previous_secret_hash == "k" * 64
-    assert current.previous_secret_expires_at is not None
+# -- backoff ---------------------------------------------------------------------------
 
 
 def test_backoff_doubles_up_to_its_cap_with_jitter_and_starts_over_after_reset() -> None:

@@ -16,6 +16,7 @@ from tests.ratelimit._support import (
     fast_failing_client,
     free_port,
 )
+from tests.waiting import eventually
 
 # One token a minute: nothing refills while a test runs, so counts are exact.
 SLOW = RateLimit.per_minute(1, burst=5)
@@ -53,6 +54,10 @@ async def test_refusals_do_not_push_the_key_further_out(limiter: RedisRateLimite
     assert last.retry_after <= first.retry_after
 
 
+async def allowed_by_peek(limiter: RedisRateLimiter, key: str, limit: RateLimit) -> bool:
+    return (await limiter.peek(key, limit)).allowed
+
+
 async def test_tokens_come_back_at_the_rate(limiter: RedisRateLimiter) -> None:
     fast = RateLimit.per_second(20, burst=2)  # a token every 50 ms
     assert (await limiter.hit("k", fast)).allowed
@@ -61,9 +66,8 @@ async def test_tokens_come_back_at_the_rate(limiter: RedisRateLimiter) -> None:
     assert not refused.allowed
     assert 0 < refused.retry_after <= fast.emission_interval
 
-    # Sleeping for retry_after (plus a little, as the sleep and Redis read
-    # different clocks) is always enough, however slow the machine.
-    await asyncio.sleep(refused.retry_after + 0.005)
+    # Peeking consumes nothing: wait until Redis's clock says a token is back.
+    await eventually(lambda: allowed_by_peek(limiter, "k", fast), "a token to come back")
     assert (await limiter.hit("k", fast)).allowed
 
 
@@ -116,8 +120,11 @@ async def test_key_is_hash_tagged_and_expires_when_refilled(
 
     fast = RateLimit.per_second(100, burst=1)  # refilled 10 ms after a hit
     await limiter.hit("idle", fast)
-    await asyncio.sleep(0.1)
-    assert await redis_client.exists(limiter.redis_key("idle")) == 0
+
+    async def expired() -> bool:
+        return await redis_client.exists(limiter.redis_key("idle")) == 0
+
+    await eventually(expired, "the idle key to expire")
 
 
 async def test_limits_are_shared_between_limiter_objects(

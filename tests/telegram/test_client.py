@@ -158,7 +158,9 @@ def test_redact_token_text() -> None:
 # -- typed results -------------------------------------------------------------
 
 
-async def test_get_me(client: TelegramClient, bot: FakeBot, calls: Calls) -> None:
+async def test_get_me_returns_the_bot_and_reports_the_call(
+    client: TelegramClient, bot: FakeBot, calls: Calls
+) -> None:
     me = await client.get_me(token_of(bot))
     assert me == BotUser(
         id=bot.bot_id,

@@ -446,7 +446,9 @@ def test_content_fields_are_real_message_fields() -> None:
     ],
     ids=repr,
 )
-def test_kind_selection(payload: dict[str, Any], kind: str) -> None:
+def test_an_update_kind_is_its_known_field_else_its_unknown_one(
+    payload: dict[str, Any], kind: str
+) -> None:
     assert parse_update(payload).kind == kind
 
 

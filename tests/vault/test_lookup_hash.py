@@ -52,7 +52,9 @@ def test_candidates_cover_every_key(vault_ba: Vault, vault_a: Vault, vault_b: Va
     assert len(set(candidates)) == 2
 
 
-def test_matches(vault_ba: Vault, vault_a: Vault, vault_b: Vault, key_a: VaultKey) -> None:
+def test_a_value_matches_its_hash_under_any_key_of_the_keyring_and_nothing_else(
+    vault_ba: Vault, vault_a: Vault, vault_b: Vault, key_a: VaultKey
+) -> None:
     under_a, under_b = vault_a.lookup_hash(VALUE), vault_b.lookup_hash(VALUE)
     assert vault_ba.matches(VALUE, under_a)  # old key, still in the keyring
     assert vault_ba.matches(VALUE, under_b)

@@ -1,4 +1,5 @@
-"""The embedded default's storage path (SQLite), and the connection lookup cache."""
+"""The webhook key directory: its cache, single-flight lookups, unknown keys, and
+invalidation across replicas."""
 
 from __future__ import annotations
 
@@ -8,60 +9,21 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from sqlalchemy import event, func, select
+from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.connections.registration import WEBHOOK_PATH
-from app.db import create_engine
-from app.inbox.models import Contact, Conversation, ConversationMessage
 from app.ingress.directory import ConnectionDirectory
-from app.ingress.models import TelegramUpdate
-from app.migrate import upgrade_to_head
 from app.vault import Vault, parse_keyring
 from tests.conftest import (
     TEST_VAULT_KEYS,
     WorkspaceFixture,
     make_settings,
-    new_workspace,
     running_app,
 )
 from tests.connections.helpers import connect_bot, webhook_credentials
 from tests.ingress.test_webhook import post_update
 from tests.telegram_double.double import TelegramDouble
-from tests.telegram_double.fixtures import all_updates
-
-
-async def test_embedded_sqlite_default_stores_every_update_once(
-    tmp_path: Path, telegram_double: TelegramDouble
-) -> None:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'embedded.db'}"
-    await asyncio.to_thread(upgrade_to_head, url)
-    settings = make_settings(
-        tmp_path, url, redis_url=None, telegram_api_base=telegram_double.base_url
-    )
-    async with running_app(settings) as (app, client):
-        workspace = await new_workspace(app.state.runtime.session_factory)
-        bot, _ = await connect_bot(client, workspace, telegram_double)
-        key, secret = webhook_credentials(telegram_double, bot)
-        samples = [sample for _, sample in all_updates()]
-        for _round in range(2):
-            for sample in samples:
-                response = await post_update(client, key, secret, sample)
-                assert response.status_code == 200, response.text
-    engine = create_engine(url)
-    try:
-        async with engine.connect() as connection:
-            counts = {
-                model.__tablename__: (
-                    await connection.execute(select(func.count()).select_from(model))
-                ).scalar_one()
-                for model in (TelegramUpdate, Contact, Conversation, ConversationMessage)
-            }
-    finally:
-        await engine.dispose()
-    assert counts["telegram_updates"] == 45
-    assert counts["contacts"] > 0 and counts["conversations"] > 0
-    assert counts["conversation_messages"] > 0
+from tests.telegram_double.fixtures import load_update
 
 
 async def test_concurrent_lookups_of_one_key_query_the_database_once(
@@ -89,14 +51,6 @@ async def test_concurrent_lookups_of_one_key_query_the_database_once(
     assert {route.connection_id if route else None for route in routes} == {uuid.UUID(body["id"])}
     assert again == routes[0] and unknown is None
     assert len(queries) == 2  # one for the key (shared by 21 lookups), one for the unknown
-
-
-async def test_other_methods_on_the_webhook_path_get_the_error_shape(
-    app_client: httpx.AsyncClient,
-) -> None:
-    response = await app_client.get(WEBHOOK_PATH, params={"key": "x"})
-    assert response.status_code == 405
-    assert response.json()["error"]["code"] == "method_not_allowed"
 
 
 async def test_a_flood_of_unknown_keys_never_evicts_a_real_route(
@@ -128,3 +82,37 @@ async def test_a_flood_of_unknown_keys_never_evicts_a_real_route(
         event.remove(db_engine.sync_engine, "before_cursor_execute", count)
     assert route is not None and route.connection_id == uuid.UUID(body["id"])
     assert len(queries) == before  # served from the cache, not reloaded
+
+
+async def test_a_delete_on_one_replica_reaches_the_others_cache_at_once(
+    tmp_path: Path,
+    database_url: str,
+    workspace: WorkspaceFixture,
+    telegram_double: TelegramDouble,
+    redis_client: Any,
+) -> None:
+    """Without the broadcast, replica B would accept the deleted key for its cache's 5 s."""
+    settings = make_settings(tmp_path, database_url, telegram_api_base=telegram_double.base_url)
+    base = load_update("01_message")
+    async with (
+        running_app(settings) as (app_a, replica_a),
+        running_app(settings) as (app_b, replica_b),
+    ):
+        bot, body = await connect_bot(replica_a, workspace, telegram_double)
+        key, secret = webhook_credentials(telegram_double, bot)
+        assert (await post_update(replica_b, key, secret, base)).status_code == 200  # cached in B
+        for app in (app_a, app_b):
+            await asyncio.wait_for(app.state.runtime.directory.subscribed.wait(), 10)
+        deleted = await replica_a.delete(
+            f"/api/v1/connections/{body['id']}", headers=workspace.headers()
+        )
+        assert deleted.status_code == 200
+        statuses = []
+        for n in range(1, 20):
+            later = {**base, "update_id": base["update_id"] + n}
+            statuses.append((await post_update(replica_b, key, secret, later)).status_code)
+            if statuses[-1] == 401:
+                break
+            await asyncio.sleep(0.05)
+    assert statuses[-1] == 401
+    assert len(statuses) < 10  # well inside the 5 s cache lifetime
