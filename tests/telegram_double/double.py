@@ -362,6 +362,11 @@ class TelegramDouble:
             state.pending.append(queued)
             return int(queued["update_id"])
 
+    def polls_started(self, bot: BotRef) -> int:
+        """How many getUpdates calls for the bot have begun waiting (a readiness signal)."""
+        with self._lock:
+            return self._state(bot).poll_generation
+
     def pending_updates(self, bot: BotRef) -> list[dict[str, Any]]:
         with self._lock:
             return copy.deepcopy(self._state(bot).pending)

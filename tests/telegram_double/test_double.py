@@ -24,6 +24,7 @@ from tests.telegram_double.double import TelegramDouble
 from tests.telegram_double.fixtures import all_updates, load_update, telegram_double
 from tests.telegram_double.state import DoubleUsageError, FakeBot, ManualClock
 from tests.telegram_double.validation import load_spec
+from tests.waiting import eventually
 
 __all__ = ["telegram_double"]
 
@@ -620,15 +621,13 @@ async def test_long_poll_returns_as_soon_as_an_update_arrives(
 ) -> None:
     telegram_double.long_poll_cap = 5.0
 
-    async def queue_later() -> None:
-        await asyncio.sleep(0.2)
+    async def queue_once_polling() -> None:
+        await eventually(lambda: telegram_double.polls_started(bot) == 1, "the poll to wait")
         telegram_double.queue_update(bot, load_update("01_message"))
 
-    started = time.monotonic()
-    poll, _ = await asyncio.gather(api.ok(tok(bot), "getUpdates", timeout=5), queue_later())
-    elapsed = time.monotonic() - started
+    poll, _ = await asyncio.gather(api.ok(tok(bot), "getUpdates", timeout=5), queue_once_polling())
+    # The poll began before the update existed and still returned it.
     assert [u["update_id"] for u in poll["result"]] == [892252934]
-    assert 0.15 < elapsed < 2.0
 
 
 async def test_long_poll_times_out_empty(
@@ -645,7 +644,7 @@ async def test_second_poller_terminates_the_first(
 ) -> None:
     telegram_double.long_poll_cap = 1.0
     first = asyncio.create_task(api.raw(tok(bot), "getUpdates", json={"timeout": 1}))
-    await asyncio.sleep(0.2)
+    await eventually(lambda: telegram_double.polls_started(bot) == 1, "the first poll to wait")
     second = await api.ok(tok(bot), "getUpdates", timeout=0)
     assert second["result"] == []
     body = (await first).json()
@@ -790,7 +789,7 @@ async def test_reset_releases_a_hung_request(
 ) -> None:
     telegram_double.hang_next("getMe")
     hung = asyncio.create_task(api.raw(tok(bot), "getMe"))
-    await asyncio.sleep(0.2)
+    await eventually(lambda: telegram_double.calls_for("getMe", bot=bot), "the call to arrive")
     assert not hung.done()
     telegram_double.reset()
     response = await asyncio.wait_for(hung, 2)
