@@ -171,6 +171,12 @@ def _exception_from_record(
     return event_dict
 
 
+def _drop_color_message(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
+    # uvicorn repeats its message with terminal escape codes for its own formatter.
+    event_dict.pop("color_message", None)
+    return event_dict
+
+
 class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Writes to whatever `sys.stderr` is at the time of the record.
 
@@ -226,6 +232,7 @@ def configure_logging(*, json_output: bool, level: str = "INFO", access_log: boo
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[
             structlog.stdlib.ExtraAdder(),
+            _drop_color_message,
             _exception_from_record,
             *_shared_processors(),
         ],

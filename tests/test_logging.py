@@ -187,3 +187,20 @@ def test_a_library_traceback_is_printed_redacted(json_logs: pytest.CaptureFixtur
     )
     assert "RuntimeError: the Telegram call failed" in line["exception"]
     assert BOT_TOKEN not in json.dumps(line)
+
+
+@pytest.mark.parametrize("json_output", [True, False], ids=["json", "console"])
+def test_uvicorn_lines_carry_no_terminal_colour_codes(
+    capsys: pytest.CaptureFixture[str], json_output: bool
+) -> None:
+    configure_logging(json_output=json_output, level="DEBUG")
+    capsys.readouterr()
+    # What uvicorn logs at start-up: the message, and a copy with escape codes.
+    logging.getLogger("uvicorn.error").info(
+        "Started server process [%d]",
+        4242,
+        extra={"color_message": "Started server process [\x1b[36m%d\x1b[0m]"},
+    )
+    err = capsys.readouterr().err
+    assert "Started server process [4242]" in err
+    assert "color_message" not in err and "\x1b" not in err and "\\u001b" not in err
