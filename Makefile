@@ -2,6 +2,8 @@
 #   make run    - the service on its embedded default (SQLite file, in-process limiter),
 #                 the API and the worker in one process
 #   make test   - lint, type-check and the whole test suite (needs PostgreSQL and Redis)
+# make test-random runs the suite in a shuffled order (pytest-randomly prints the
+# seed; PYTEST_ARGS=--randomly-seed=N replays one).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -11,7 +13,7 @@ PORT ?= 8000
 # Lint what exists: bench/ may be absent in a partial checkout.
 LINT_PATHS := app tests migrations $(wildcard bench)
 
-.PHONY: run test lint typecheck pytest install bench clean
+.PHONY: run test test-random lint typecheck pytest pytest-random install bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,10 +34,16 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy app
 
+# A fixed order, so a failure reproduces with the same command.
 pytest: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -p no:randomly $(PYTEST_ARGS)
+
+pytest-random: $(STAMP)
+	$(BIN)/python -m pytest -p randomly $(PYTEST_ARGS)
 
 test: lint typecheck pytest
+
+test-random: lint typecheck pytest-random
 
 bench: $(STAMP)
 	$(BIN)/python bench/ingress.py

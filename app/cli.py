@@ -124,9 +124,8 @@ def _serve(settings: Settings, host: str, port: int, with_worker: bool) -> int:
     from app.vault import load_keyring
 
     # Refuse to start on a missing or malformed keyring with a clear message,
-    # before uvicorn turns it into a failed lifespan.
-    load_keyring(settings)
-    app = create_app(settings, with_worker=with_worker)
+    # before uvicorn turns it into a failed lifespan; the app reuses it.
+    app = create_app(settings, with_worker=with_worker, keyring=load_keyring(settings))
     # log_config=None: keep our structlog pipeline (and its redaction) for uvicorn's lines.
     uvicorn.run(
         app,
@@ -144,10 +143,9 @@ def _serve(settings: Settings, host: str, port: int, with_worker: bool) -> int:
 
 
 async def _worker(settings: Settings) -> int:
-    from app.vault import load_keyring
     from app.worker import run_worker
 
-    load_keyring(settings)
+    # A missing or malformed keyring stops run_worker before it opens anything.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

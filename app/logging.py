@@ -1,11 +1,13 @@
 """Structured logging: structlog for our code, the same pipeline for stdlib loggers.
 
-Every line passes `redact_secrets`, which removes Telegram bot tokens, `wsk_` API
-tokens, webhook keys in URLs, and any value under a key named like a secret. It
-runs for structlog events and for the standard library's and uvicorn's records
-(via `ProcessorFormatter`), after exceptions are formatted, so a traceback that
-quotes a token is redacted too. JSON in production, console otherwise; a request
-id bound per request appears on every line (see `app.middleware`).
+Secrets are removed from the record itself, as it is created: Telegram bot tokens,
+`wsk_` API tokens and webhook keys in URLs in the message, its arguments, the
+formatted exception and the stack (`redact_record`). So any handler a deployment
+adds (an error tracker, a log shipper) sees only redacted text, whichever logger
+the record comes from. The project's own handler also passes every line through
+`redact_secrets`, which in addition blanks any field named like a secret. JSON in
+production, console otherwise; a request id bound per request appears on every
+line (see `app.middleware`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import contextlib
 import logging
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import structlog
@@ -83,6 +85,98 @@ def redact_secrets(_logger: WrappedLogger, _method: str, event_dict: EventDict) 
     return event_dict
 
 
+_TRACEBACK_FORMATTER = logging.Formatter()
+_RecordFactory = Callable[..., logging.LogRecord]
+
+
+def _is_plain(value: object) -> bool:
+    """A record argument a handler may keep: a number, or text with nothing to redact."""
+    if isinstance(value, str):
+        return redact_text(value) == value
+    return value is None or isinstance(value, int | float)
+
+
+def _redact_exception(record: logging.LogRecord) -> None:
+    if not record.exc_info or record.exc_info[1] is None or record.exc_text:
+        return
+    text = _TRACEBACK_FORMATTER.formatException(record.exc_info)
+    redacted = redact_text(text)
+    if redacted != text:
+        # The exception object would still carry the secret to a handler that
+        # renders it itself; the redacted text is what every formatter prints.
+        record.exc_info = None
+        record.exc_text = redacted
+
+
+def redact_record(record: logging.LogRecord) -> None:
+    """Remove secrets from `record` in place: message, arguments, exception, stack.
+
+    A record with nothing to redact is left as it is, so handlers that read
+    `args` (uvicorn's access formatter) keep working. One that carries a secret is
+    flattened: `msg` becomes the redacted message and `args` is emptied.
+    structlog's event dicts are redacted field by field, as `redact_secrets` does.
+    Attributes added through `extra=` are set after the record is created and are
+    left to the handler; the project's own handler redacts them.
+    """
+    if isinstance(record.msg, Mapping) and not record.args:
+        record.msg = _redact_value(record.msg)
+    else:
+        try:
+            message = record.getMessage()
+        except Exception:
+            # A malformed call: keep the error for the handler to report, with
+            # nothing secret in what its error report prints.
+            record.msg = redact_text(str(record.msg))
+            record.args = _redact_value(record.args)
+        else:
+            redacted = redact_text(message)
+            values = record.args.values() if isinstance(record.args, Mapping) else record.args
+            if redacted != message or not all(_is_plain(v) for v in values or ()):
+                record.msg, record.args = redacted, ()
+    _redact_exception(record)
+    if record.stack_info:
+        record.stack_info = redact_text(record.stack_info)
+
+
+class _RedactingRecordFactory:
+    """Wraps the process's record factory so that every record is born redacted.
+
+    A filter on a logger runs only for records logged on that very logger, not for
+    those its children propagate; the record factory sees every record of every
+    logger, the ones of libraries included.
+    """
+
+    def __init__(self, inner: _RecordFactory) -> None:
+        self.inner = inner
+
+    def __call__(self, *args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = self.inner(*args, **kwargs)
+        redact_record(record)
+        return record
+
+
+def _install_record_redaction() -> None:
+    current = logging.getLogRecordFactory()
+    if not isinstance(current, _RedactingRecordFactory):
+        logging.setLogRecordFactory(_RedactingRecordFactory(current))
+
+
+def _exception_from_record(
+    _logger: WrappedLogger, _method: str, event_dict: EventDict
+) -> EventDict:
+    """Render the exception text `redact_record` left in place of an exception."""
+    record = event_dict.get("_record")
+    if record is not None and record.exc_text and "exc_info" not in event_dict:
+        event_dict["exception"] = record.exc_text
+    return event_dict
+
+
+def _drop_color_message(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
+    # uvicorn repeats its message with terminal escape codes for its own formatter.
+    event_dict.pop("color_message", None)
+    return event_dict
+
+
 class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Writes to whatever `sys.stderr` is at the time of the record.
 
@@ -114,9 +208,13 @@ def _shared_processors() -> list[Processor]:
 def configure_logging(*, json_output: bool, level: str = "INFO", access_log: bool = True) -> None:
     """Configure structlog and route the standard library (and uvicorn) through it.
 
+    From then on every log record of the process is redacted as it is created
+    (`redact_record`), whichever handler receives it.
+
     `access_log=False` silences uvicorn's per-request lines: uvicorn writes them
     whenever its access logger has a handler to reach, whatever its own flag says.
     """
+    _install_record_redaction()
     renderer: Processor = (
         structlog.processors.JSONRenderer()
         if json_output
@@ -132,7 +230,12 @@ def configure_logging(*, json_output: bool, level: str = "INFO", access_log: boo
         cache_logger_on_first_use=False,
     )
     formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=[structlog.stdlib.ExtraAdder(), *_shared_processors()],
+        foreign_pre_chain=[
+            structlog.stdlib.ExtraAdder(),
+            _drop_color_message,
+            _exception_from_record,
+            *_shared_processors(),
+        ],
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
     )
     handler = _StderrHandler()

@@ -26,6 +26,7 @@ from app.logging import configure_logging
 from app.middleware import RequestContextMiddleware
 from app.openapi import DESCRIPTION, TAGS
 from app.runtime import Runtime, open_runtime
+from app.vault import Keyring
 
 logger = structlog.get_logger("app.main")
 
@@ -73,17 +74,20 @@ class IntegrationsApp(FastAPI):
 
 
 @asynccontextmanager
-async def _worker_alongside(settings: Settings) -> AsyncIterator[None]:
+async def _worker_alongside(settings: Settings, keyring: Keyring) -> AsyncIterator[None]:
     """Run the worker (`app.worker.run_worker`) as a task of this process while the app runs.
 
     The embedded default's one-command mode (`serve --with-worker`, what `make run`
     starts): a laptop gets polling ingestion without a second terminal. It stops
-    with the server's lifespan, so SIGTERM stops both, the worker gracefully.
+    with the server's lifespan, so SIGTERM stops both, the worker gracefully. It
+    uses the app's keyring rather than loading (and reporting on) the keyring again.
     """
     from app.worker import run_worker
 
     stop = asyncio.Event()
-    task = asyncio.create_task(run_worker(settings, stop=stop), name="embedded-worker")
+    task = asyncio.create_task(
+        run_worker(settings, stop=stop, keyring=keyring), name="embedded-worker"
+    )
 
     def report_crash(done: asyncio.Task[None]) -> None:
         if not done.cancelled() and done.exception() is not None:
@@ -99,9 +103,14 @@ async def _worker_alongside(settings: Settings) -> AsyncIterator[None]:
 
 
 def create_app(
-    settings: Settings | None = None, *, configure_logs: bool = True, with_worker: bool = False
+    settings: Settings | None = None,
+    *,
+    configure_logs: bool = True,
+    with_worker: bool = False,
+    keyring: Keyring | None = None,
 ) -> FastAPI:
-    """The HTTP application; `with_worker` also runs the worker in this process."""
+    """The HTTP application; `with_worker` also runs the worker in this process.
+    `keyring` is the vault's, when the caller has loaded it already."""
     settings = settings or get_settings()
     if configure_logs:
         configure_logging(
@@ -112,7 +121,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with open_runtime(settings) as runtime:
+        async with open_runtime(settings, keyring=keyring) as runtime:
             app.state.runtime = runtime
             # Everything allocated so far lives as long as the process: move it out
             # of the collector's sight, so full collections under load stay short
@@ -120,7 +129,11 @@ def create_app(
             gc.collect()
             gc.freeze()
             try:
-                async with _worker_alongside(settings) if with_worker else nullcontext():
+                async with (
+                    _worker_alongside(settings, runtime.vault.keyring)
+                    if with_worker
+                    else nullcontext()
+                ):
                     yield
             finally:
                 gc.unfreeze()

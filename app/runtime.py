@@ -30,7 +30,7 @@ from app.ratelimit import (
     RedisRateLimiter,
 )
 from app.telegram.client import TelegramClient
-from app.vault import Vault, load_keyring
+from app.vault import Keyring, Vault, load_keyring
 
 logger = structlog.get_logger("app.runtime")
 
@@ -65,10 +65,14 @@ def create_redis(url: str) -> Redis:
 
 
 @asynccontextmanager
-async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
+async def open_runtime(
+    settings: Settings, *, keyring: Keyring | None = None
+) -> AsyncIterator[Runtime]:
+    """Open the process's resources; `keyring`, if the caller has loaded it already
+    (loading it again would repeat its warnings)."""
     # The keyring first: a missing or malformed keyring must stop start-up
     # before anything else is opened.
-    vault = Vault(load_keyring(settings))
+    vault = Vault(keyring if keyring is not None else load_keyring(settings))
     async with AsyncExitStack() as stack:
         if settings.database_url is None:
             settings.data_dir.mkdir(parents=True, exist_ok=True)

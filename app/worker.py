@@ -32,6 +32,7 @@ from app.ingress.polling import (
     wait_for_event,
 )
 from app.runtime import Runtime, open_runtime
+from app.vault import Keyring
 
 __all__ = ["default_worker_id", "run_worker"]
 
@@ -54,13 +55,15 @@ async def run_worker(
     long_poll_timeout: float = 25.0,
     worker_id: str | None = None,
     retry_delays: RetryDelays | None = None,
+    keyring: Keyring | None = None,
 ) -> None:
     """Run until `stop` is set (forever without one); see the module docstring.
 
     `long_poll_timeout` is getUpdates' server-side wait; a poller's lease lasts
     that plus the Telegram request timeout plus `LEASE_MARGIN_SECONDS`, so it
     covers a whole cycle. `worker_id` names this replica in the lease column
-    (default: `default_worker_id()`); `retry_delays` sets the waits after failures.
+    (default: `default_worker_id()`); `retry_delays` sets the waits after failures;
+    `keyring` is the vault's, when the caller has loaded it already.
     """
     if refresh_interval <= 0:
         raise ValueError("refresh_interval must be positive")
@@ -69,7 +72,7 @@ async def run_worker(
     owner = worker_id or default_worker_id()
     lease_seconds = long_poll_timeout + settings.telegram_request_timeout + LEASE_MARGIN_SECONDS
     log = logger.bind(worker_id=owner)
-    async with open_runtime(settings) as runtime:
+    async with open_runtime(settings, keyring=keyring) as runtime:
         supervisor = PollerSupervisor(
             engine=runtime.engine,
             credentials=ConnectionCredentials(runtime.vault),

@@ -37,6 +37,7 @@ from app.logging import configure_logging
 from app.main import create_app
 from app.migrate import upgrade_to_head
 from app.models import metadata
+from tests.logging_state import LoggingState
 from tests.telegram_double.double import TelegramDouble
 from tests.telegram_double.fixtures import stop_shared_double, telegram_double
 
@@ -61,6 +62,15 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 @pytest.fixture(scope="session", autouse=True)
 def _logging() -> None:
     configure_logging(json_output=False, level="DEBUG")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_logging(_logging: None) -> Iterator[None]:
+    """Whatever a test does to the logging configuration is undone after it, so
+    no test's outcome depends on which tests ran before it."""
+    state = LoggingState.capture()
+    yield
+    state.restore()
 
 
 @pytest.fixture(scope="session")

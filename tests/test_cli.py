@@ -228,6 +228,8 @@ def test_serve_runs_on_the_embedded_default_and_answers_health(
     # uvicorn re-raises the captured SIGTERM after a graceful shutdown.
     assert "Application shutdown complete" in stderr
     assert "not shared between replicas" in stderr
+    assert stderr.count("using a development key file") == 1
+    assert "color_message" not in stderr and "\x1b" not in stderr
 
 
 def test_worker_runs_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
@@ -244,8 +246,10 @@ def test_worker_runs_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
         assert worker.stderr is not None
         deadline = time.monotonic() + 30
         started = False
+        lines: list[str] = []
         while time.monotonic() < deadline and not started:
             line = worker.stderr.readline()
+            lines.append(line)
             started = "worker_started" in line
             assert line or worker.poll() is None, "the worker exited early"
         assert started
@@ -256,6 +260,7 @@ def test_worker_runs_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
             worker.kill()
     assert worker.returncode == 0
     assert "worker_stopped" in rest
+    assert "".join([*lines, rest]).count("using a development key file") == 1
 
 
 REPO = Path(__file__).resolve().parent.parent
@@ -293,4 +298,6 @@ def test_the_readme_run_command_serves_health_with_no_external_service(
         assert (tmp_path / "data" / "vault.key").exists()
     finally:
         os.killpg(process.pid, signal.SIGTERM)
-        process.communicate(timeout=30)
+        output, _ = process.communicate(timeout=30)
+    # The API and the worker it runs alongside share one keyring, loaded once.
+    assert output.count("using a development key file") == 1

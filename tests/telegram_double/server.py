@@ -3,6 +3,11 @@
 The socket is bound before the thread starts, so the port is known (and
 connectable) as soon as `start()` returns; uvicorn gets the socket rather than a
 port number, which avoids racing another process for port 0.
+
+The server runs inside the test process, so it must leave the process's logging
+alone: uvicorn's default log configuration (and even its `access_log=False`)
+rewires the shared `uvicorn` loggers, which changes what the tests capture and
+depends on which test happened to start the double first.
 """
 
 from __future__ import annotations
@@ -10,9 +15,24 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from typing import Any
 
 import uvicorn
 from starlette.types import ASGIApp
+from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+
+class _UnloggedHTTPProtocol(AutoHTTPProtocol):  # type: ignore[misc,valid-type]
+    """uvicorn's HTTP protocol without access lines.
+
+    uvicorn writes one whenever the process-wide `uvicorn.access` logger has a
+    handler; the double's requests (each URL with a bot token) are not the
+    service's traffic and stay out of the log.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.access_log = False
 
 
 class ServerThread:
@@ -33,8 +53,8 @@ class ServerThread:
         port = sock.getsockname()[1]
         config = uvicorn.Config(
             self._app,
-            log_level="warning",
-            access_log=False,
+            log_config=None,
+            http=_UnloggedHTTPProtocol,
             lifespan="off",
             loop="asyncio",
             # Hung requests are released by the double; this bounds any leftover.

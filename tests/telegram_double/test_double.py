@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -20,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from tests.logging_state import LoggingState
 from tests.telegram_double.double import TelegramDouble
 from tests.telegram_double.fixtures import all_updates, load_update, telegram_double
 from tests.telegram_double.state import DoubleUsageError, FakeBot, ManualClock
@@ -982,3 +984,35 @@ def test_the_standalone_double_prints_a_bot_and_queues_messages_for_it() -> None
         process.terminate()
         process.communicate(timeout=15)
     assert process.returncode == 0
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_a_double_leaves_the_logging_configuration_as_it_found_it() -> None:
+    before = LoggingState.capture()
+    with TelegramDouble() as double:
+        response = httpx.post(f"{double.base_url}/bot123456789:{'A' * 35}/getMe", timeout=5)
+    assert response.status_code == 401
+    assert before.differences(LoggingState.capture()) == []
+
+
+async def test_requests_to_the_double_write_no_access_lines(
+    api: Api, bot: FakeBot, caplog: pytest.LogCaptureFixture
+) -> None:
+    # uvicorn logs a request whenever `uvicorn.access` has a handler to reach, at
+    # the logger's level: this one would let every line through.
+    handler = _Records()
+    access = logging.getLogger("uvicorn.access")
+    access.addHandler(handler)
+    access.setLevel(logging.DEBUG)
+    caplog.set_level(logging.DEBUG)
+    assert (await api.ok(tok(bot), "getMe"))["result"]["username"] == "acme_support_bot"
+    assert handler.records == []
+    assert [r for r in caplog.records if r.name.startswith("uvicorn")] == []
