@@ -921,10 +921,10 @@ class _MarkdownV2Parser:
         self.out.entity(entity.start)
         return end
 
-    def _parenthesized(self, start: int) -> tuple[str, int]:
-        """The URL from `start` to the first unescaped ')', and the index past it."""
+    def _parenthesized(self, paren: int) -> tuple[str, int]:
+        """The URL after the '(' at `paren`, up to the first unescaped ')'; the index past it."""
         text = self.text
-        index = start
+        index = paren + 1
         chars: list[str] = []
         while index < len(text) and text[index] != ")":
             following = text[index + 1 : index + 2]
@@ -935,7 +935,7 @@ class _MarkdownV2Parser:
             chars.append(text[index])
             index += 1
         if index >= len(text):
-            _fail(f"The URL starting at character {start} has no closing ')'.", start)
+            _fail(f"The '(' at character {paren} has no closing ')'.", paren)
         return "".join(chars), index + 1
 
     def _link_url(self, entity: _OpenEntity, index: int) -> int:
@@ -945,10 +945,13 @@ class _MarkdownV2Parser:
                 "parentheses right after ']'.",
                 entity.position,
             )
-        url, end = self._parenthesized(index + 2)
+        url, end = self._parenthesized(index + 1)
         problem = _link_problem(url)
         if problem is not None:
-            _fail(f"The link URL at character {index + 2} is invalid: {problem}.", index + 2)
+            _fail(
+                f"The link URL opened by '(' at character {index + 1} is invalid: {problem}.",
+                index + 1,
+            )
         return end
 
     def _custom_emoji_url(self, entity: _OpenEntity, index: int) -> int:
@@ -958,12 +961,12 @@ class _MarkdownV2Parser:
                 "(tg://emoji?id=...) right after ']'.",
                 entity.position,
             )
-        url, end = self._parenthesized(index + 2)
+        url, end = self._parenthesized(index + 1)
         match = _CUSTOM_EMOJI_URL.fullmatch(url)
         if match is None or not _valid_emoji_id(match.group(1)):
             _fail(
-                f"The custom emoji URL at character {index + 2} must be tg://emoji?id=<number>.",
-                index + 2,
+                f"The custom emoji URL opened by '(' at character {index + 1} must be tg://emoji?id=<number>.",
+                index + 1,
             )
         return end
 
@@ -1039,8 +1042,8 @@ def _markdown_link_url(text: str, position: int, index: int) -> int:
         )
     end = text.find(")", index + 1)
     if end < 0:
-        _fail(f"The URL starting at character {index + 1} has no closing ')'.", index + 1)
+        _fail(f"The '(' at character {index} has no closing ')'.", index)
     problem = _link_problem(text[index + 1 : end])
     if problem is not None:
-        _fail(f"The link URL at character {index + 1} is invalid: {problem}.", index + 1)
+        _fail(f"The link URL opened by '(' at character {index} is invalid: {problem}.", index)
     return end + 1
