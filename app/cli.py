@@ -13,7 +13,7 @@ import json
 import signal
 import sys
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -43,6 +43,10 @@ class _Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
 
+# What a subcommand runs: each parser sets its own with `set_defaults(run=...)`.
+Command = Callable[[Settings, argparse.Namespace], int]
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="integrations", description=__doc__)
     commands = parser.add_subparsers(
@@ -58,9 +62,14 @@ def _parser() -> argparse.ArgumentParser:
         help="also run the worker (long polling, housekeeping) in this process, "
         "as `make run` does on the embedded default",
     )
+    serve.set_defaults(run=lambda s, a: _serve(s, a.host, a.port, a.with_worker))
 
-    commands.add_parser("worker", help="run the worker: long-polling ingestion and housekeeping")
-    commands.add_parser("migrate", help="apply database migrations")
+    worker = commands.add_parser(
+        "worker", help="run the worker: long-polling ingestion and housekeeping"
+    )
+    worker.set_defaults(run=lambda s, a: asyncio.run(_worker(s)))
+    migrate = commands.add_parser("migrate", help="apply database migrations")
+    migrate.set_defaults(run=lambda s, a: _migrate(s))
 
     workspace = commands.add_parser("workspace", help="manage workspaces")
     workspace_commands = workspace.add_subparsers(
@@ -71,10 +80,12 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument(
         "--json", action="store_true", help='print {"workspace_id", "token"} as one JSON object'
     )
+    create.set_defaults(run=lambda s, a: asyncio.run(_workspace_create(s, a.name, a.json)))
     listing = workspace_commands.add_parser("list", help="list every workspace")
     listing.add_argument(
         "--json", action="store_true", help='print [{"id", "name", "created_at"}] as JSON'
     )
+    listing.set_defaults(run=lambda s, a: asyncio.run(_workspace_list(s, a.json)))
 
     token = commands.add_parser("token", help="manage API tokens")
     token_commands = token.add_subparsers(
@@ -98,22 +109,37 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help='print {"id", "workspace_id", "name", "role", "token", "created_at"} as JSON',
     )
+    issue.set_defaults(
+        run=lambda s, a: asyncio.run(_token_create(s, a.workspace, Role(a.role), a.name, a.json))
+    )
 
     vault = commands.add_parser("vault", help="credential vault: key usage and rotation")
     vault_commands = vault.add_subparsers(
         dest="vault_command", required=True, metavar="COMMAND", help="what to do"
     )
-    vault_commands.add_parser(
+    status = vault_commands.add_parser(
         "status", help="ciphertexts per key id; non-zero exit if a key in use is missing"
     )
+    status.set_defaults(run=lambda s, a: asyncio.run(_vault(s, "status", batch_size=1)))
     rotate = vault_commands.add_parser(
         "rotate", help="re-encrypt every secret under the primary key (online, in batches)"
     )
     rotate.add_argument(
         "--batch-size", type=int, default=500, help="rows re-encrypted per transaction"
     )
-    vault_commands.add_parser("generate-key", help="print a new key_id:key entry for VAULT_KEYS")
+    rotate.set_defaults(run=lambda s, a: asyncio.run(_vault(s, "rotate", a.batch_size)))
+    generate = vault_commands.add_parser(
+        "generate-key", help="print a new key_id:key entry for VAULT_KEYS"
+    )
+    generate.set_defaults(run=lambda s, a: _generate_key())
     return parser
+
+
+def _generate_key() -> int:
+    from app.vault import generate_key_entry
+
+    print(generate_key_entry("k" + datetime.now(UTC).strftime("%Y%m%d")))
+    return 0
 
 
 def _serve(settings: Settings, host: str, port: int, with_worker: bool) -> int:
@@ -304,33 +330,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         access_log=settings.access_log,
     )
     try:
-        if args.command == "serve":
-            return _serve(settings, args.host, args.port, args.with_worker)
-        if args.command == "worker":
-            return asyncio.run(_worker(settings))
-        if args.command == "migrate":
-            return _migrate(settings)
-        if args.command == "workspace" and args.workspace_command == "list":
-            return asyncio.run(_workspace_list(settings, args.json))
-        if args.command == "workspace":
-            return asyncio.run(_workspace_create(settings, args.name, args.json))
-        if args.command == "token":
-            return asyncio.run(
-                _token_create(settings, args.workspace, Role(args.role), args.name, args.json)
-            )
-        if args.command == "vault" and args.vault_command == "generate-key":
-            from app.vault import generate_key_entry
-
-            print(generate_key_entry("k" + datetime.now(UTC).strftime("%Y%m%d")))
-            return 0
-        if args.command == "vault":
-            return asyncio.run(
-                _vault(
-                    settings,
-                    args.vault_command,
-                    args.batch_size if args.vault_command == "rotate" else 500,
-                )
-            )
+        run: Command = args.run
+        return run(settings, args)
     except KeyringError as exc:
         print(f"integrations: vault keyring: {exc}", file=sys.stderr)
         return 2
@@ -344,4 +345,3 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-    return 2

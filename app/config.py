@@ -64,6 +64,15 @@ class Settings(BaseSettings):
 
     webhook_secret_grace_seconds: int = Field(default=600, ge=0)
 
+    # PostgreSQL pools per process: the API's (and the worker's) engine, and the
+    # webhook path's own. Each process names its connections (PostgreSQL's
+    # application_name, Redis's client name) `<database_application_name>-<role>`
+    # (api, ingress, worker).
+    database_pool_size: int = Field(default=10, ge=1, le=200)
+    database_max_overflow: int = Field(default=10, ge=0, le=200)
+    ingress_database_pool_size: int = Field(default=10, ge=1, le=200)
+    database_application_name: str = Field(default="integrations", min_length=1, max_length=40)
+
     # Seconds a connection has to deliver a request's complete headers, from when it
     # opened or its previous response was sent; a slower client gets a 408 and is
     # closed, so slow or silent connections cannot pile up.

@@ -104,9 +104,18 @@ def new_id() -> uuid.UUID:
     return uuid.uuid4()
 
 
-def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
+def create_engine(
+    url: str,
+    *,
+    application_name: str | None = None,
+    pool_size: int = 10,
+    max_overflow: int = 10,
+    **kwargs: Any,
+) -> AsyncEngine:
     """Create the async engine; SQLite gets WAL, foreign keys and a busy timeout.
 
+    `application_name` names the process's connections in PostgreSQL's
+    `pg_stat_activity` (which replica holds which locks, who is slow).
     `hide_parameters`: SQLAlchemy puts bound values into error messages, and a
     bound value may be a secret that never reached its sealed column.
     """
@@ -123,20 +132,24 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
             cursor.close()
 
         return engine
-    kwargs.setdefault("pool_size", 10)
-    kwargs.setdefault("max_overflow", 10)
+    if application_name is not None:
+        connect_args = kwargs.setdefault("connect_args", {})
+        connect_args.setdefault("server_settings", {})["application_name"] = application_name
     kwargs.setdefault("pool_pre_ping", True)
-    return create_async_engine(url, **kwargs)
+    return create_async_engine(url, pool_size=pool_size, max_overflow=max_overflow, **kwargs)
 
 
-def create_ingress_engine(url: str) -> AsyncEngine:
+def create_ingress_engine(
+    url: str, *, application_name: str | None = None, pool_size: int = 10
+) -> AsyncEngine:
     """The webhook path's own engine: a separate pool and short timeouts (PostgreSQL)."""
     if url.startswith("sqlite"):
         return create_engine(url)
     return create_engine(
         url,
-        pool_size=10,
-        max_overflow=10,
+        application_name=application_name,
+        pool_size=pool_size,
+        max_overflow=pool_size,
         pool_timeout=5,
         # No ping per checkout (a round trip per batch): a dead connection fails
         # its batch, which answers 503 and is redelivered, and the pool replaces it.
@@ -162,3 +175,17 @@ async def session_scope(factory: async_sessionmaker[AsyncSession]) -> AsyncItera
         except BaseException:
             await session.rollback()
             raise
+
+
+async def checkpoint(session: AsyncSession) -> None:
+    """Commit now, in the middle of a request: the one sanctioned early commit.
+
+    The rule: a request's transaction ends when its handler returns (the session
+    dependency commits it, before the response is sent). A service commits early
+    only through this, and only where what it wrote must be durable and visible
+    before it waits on something outside the database: a connection's claim on
+    its bot before setWebhook (two workspaces racing must not both call
+    Telegram), credentials before Telegram may use them, `last_used_at` before a
+    request that may wait on Telegram (its row lock must not be held that long).
+    """
+    await session.commit()

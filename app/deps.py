@@ -1,90 +1,26 @@
-"""Request dependencies: the runtime, the per-request session, and auth by role.
+"""Request dependencies shared by every domain: the per-request database session.
 
-A handler's signature says who may call it:
-
-    async def create_token(auth: Admin, session: DbSession) -> ...
+The application's lifespan puts the session factory on `app.state.session_factory`.
+Auth dependencies are the auth domain's (`app.auth.deps`).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Coroutine
-from typing import Annotated, Any
+from collections.abc import AsyncIterator
+from typing import Annotated
 
-import structlog
 from fastapi import Depends, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.auth.models import Role
-from app.auth.service import AuthContext, authenticate
 from app.db import session_scope
-from app.errors import Forbidden, Unauthenticated
-from app.runtime import Runtime
-
-
-def get_runtime(request: Request) -> Runtime:
-    runtime: Runtime = request.app.state.runtime
-    return runtime
 
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
-    async for session in session_scope(get_runtime(request).session_factory):
+    factory: async_sessionmaker[AsyncSession] = request.app.state.session_factory
+    async for session in session_scope(factory):
         yield session
 
 
 # scope="function": the commit runs when the handler returns and before the
 # response is sent, so a failed commit can never be reported as a success.
 DbSession = Annotated[AsyncSession, Depends(get_session, scope="function")]
-RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
-
-
-# Declares the bearer scheme in the API document (the Authorize button of /docs)
-# on every operation that authenticates. It never refuses a request itself
-# (auto_error=False): `_bearer` reads the header, so failures keep the service's
-# 401 body and messages.
-bearer_scheme = HTTPBearer(
-    auto_error=False,
-    scheme_name="bearer",
-    bearerFormat="wsk_...",
-    description="An API token of the workspace (`integrations workspace create` prints "
-    "the first admin token; admins create more with `POST /api/v1/tokens`).",
-)
-BearerDeclared = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)]
-
-
-def _bearer(request: Request) -> str | None:
-    header = request.headers.get("authorization")
-    if not header:
-        return None
-    scheme, _, credentials = header.partition(" ")
-    if scheme.lower() != "bearer" or not credentials.strip():
-        raise Unauthenticated("Use 'Authorization: Bearer <token>'.")
-    return credentials.strip()
-
-
-async def get_auth(request: Request, session: DbSession, _: BearerDeclared) -> AuthContext:
-    auth = await authenticate(session, _bearer(request))
-    # End the transaction now: authenticate may have written last_used_at, and its
-    # row lock must not be held for the rest of a request that may wait on Telegram.
-    await session.commit()
-    request.state.auth = auth
-    structlog.contextvars.bind_contextvars(workspace_id=str(auth.workspace_id))
-    return auth
-
-
-def require(*roles: Role) -> Callable[..., Coroutine[Any, Any, AuthContext]]:
-    """A dependency admitting tokens of the given roles (admin is always admitted)."""
-    allowed = {Role.admin, *roles}
-
-    async def dependency(auth: Annotated[AuthContext, Depends(get_auth)]) -> AuthContext:
-        if auth.role not in allowed:
-            raise Forbidden()
-        return auth
-
-    return dependency
-
-
-Admin = Annotated[AuthContext, Depends(require(Role.admin))]
-AnyRole = Annotated[AuthContext, Depends(require(Role.reviewer, Role.sender))]
-Reviewer = Annotated[AuthContext, Depends(require(Role.reviewer))]
-Sender = Annotated[AuthContext, Depends(require(Role.sender))]

@@ -9,8 +9,8 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
-from app.deps import RuntimeDep
 from app.errors import Error, documented_error, error_body
+from app.runtime import ApiRuntimeDep
 
 router = APIRouter(tags=["operations"])
 logger = structlog.get_logger("app.health")
@@ -54,7 +54,7 @@ async def health() -> dict[str, str]:
         },
     },
 )
-async def ready(runtime: RuntimeDep) -> JSONResponse | dict[str, Any]:
+async def ready(runtime: ApiRuntimeDep) -> JSONResponse | dict[str, Any]:
     """Readiness: the database and, when configured, Redis answer (`redis` is
     `not_configured` on the embedded default). 503 names which failed. No token
     needed."""

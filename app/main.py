@@ -25,7 +25,7 @@ from app.ingress.router import router as updates_router
 from app.logging import configure_logging
 from app.middleware import RequestContextMiddleware
 from app.openapi import DESCRIPTION, TAGS
-from app.runtime import Runtime, open_runtime
+from app.runtime import ApiRuntime, open_api_runtime
 from app.vault import Keyring
 
 logger = structlog.get_logger("app.main")
@@ -35,7 +35,7 @@ class _WebhookEndpoint:
     """Hands webhook requests to this process's ingress (a plain ASGI callable)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        runtime: Runtime = scope["app"].state.runtime
+        runtime: ApiRuntime = scope["app"].state.runtime
         await runtime.ingress(scope, receive, send)
 
 
@@ -121,8 +121,12 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with open_runtime(settings, keyring=keyring) as runtime:
+        async with open_api_runtime(settings, keyring=keyring) as runtime:
             app.state.runtime = runtime
+            # What the request dependencies hand the routers (`app.deps`, and each
+            # domain's collaborators), so no domain reaches for the runtime itself.
+            app.state.session_factory = runtime.session_factory
+            app.state.connections = runtime.connections
             # Everything allocated so far lives as long as the process: move it out
             # of the collector's sight, so full collections under load stay short
             # (otherwise each stalls every in-flight request for tens of ms).

@@ -1,8 +1,15 @@
-"""The long-lived resources a process holds: engine, Redis, HTTP client, vault...
+"""How each process assembles what it uses; the one module that knows every domain.
 
-`open_runtime(settings)` opens them and closes them in reverse order; the HTTP
-server's lifespan, the worker and the command line all use it, so each runs with
-the same wiring.
+- `open_api_runtime`: the HTTP server. The API's engine, Redis, the Telegram
+  client, the vault, the webhook ingress (an engine of its own, the group-commit
+  writer, the key directory and its cross-replica invalidation listener), and
+  what the connections domain needs (`ConnectionCollaborators`).
+- `open_worker_runtime`: the worker. One engine, the Telegram client, the vault,
+  and a publisher of route changes (no ingress pool, no writer, no listener).
+- One-shot commands (`app.cli`) open one engine and nothing else.
+
+Each opens its resources in order and closes them in reverse. Domain modules
+never import this one: they take their collaborators as arguments.
 """
 
 from __future__ import annotations
@@ -10,15 +17,19 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from typing import Annotated
 
 import httpx
 import structlog
+from fastapi import Depends, Request
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.config import Settings
+from app.connections.credentials import ConnectionCredentials
+from app.connections.service import ConnectionCollaborators
 from app.db import create_engine, create_ingress_engine, create_session_factory
-from app.ingress.directory import ConnectionDirectory, DirectoryInvalidator
+from app.ingress.directory import ConnectionDirectory, DirectoryInvalidator, RouteChangePublisher
 from app.ingress.store import UpdateWriter
 from app.ingress.webhook import WebhookIngress
 from app.locks import OperationLocks
@@ -36,112 +47,183 @@ logger = structlog.get_logger("app.runtime")
 
 
 @dataclass
-class Runtime:
+class ApiRuntime:
+    """What the HTTP server holds while it runs."""
+
     settings: Settings
     engine: AsyncEngine
     session_factory: async_sessionmaker[AsyncSession]
     redis: Redis | None
-    http: httpx.AsyncClient
     vault: Vault
     telegram: TelegramClient
-    writer: UpdateWriter
-    directory: DirectoryInvalidator
     ingress: WebhookIngress
-    locks: OperationLocks
-    # Shared limits for API endpoints that cost a Telegram call.
-    api_limiter: RateLimiter
+    directory: DirectoryInvalidator
+    connections: ConnectionCollaborators
 
 
-def create_redis(url: str) -> Redis:
+@dataclass
+class WorkerRuntime:
+    """What the worker holds while it runs."""
+
+    settings: Settings
+    engine: AsyncEngine
+    redis: Redis | None
+    vault: Vault
+    credentials: ConnectionCredentials
+    telegram: TelegramClient
+    routes: RouteChangePublisher
+
+
+def create_redis(url: str, client_name: str | None = None) -> Redis:
     # Short timeouts: a request waiting on a dead Redis should fail fast with 503
-    # (Telegram redelivers) rather than hold a webhook connection open.
+    # (Telegram redelivers) rather than hold a webhook connection open. The client
+    # name tells an operator's CLIENT LIST which process holds which connection.
     return Redis.from_url(
         url,
         socket_connect_timeout=1.0,
         socket_timeout=1.0,
         health_check_interval=30,
         decode_responses=False,
+        client_name=client_name,
     )
 
 
+def _engine(stack: AsyncExitStack, settings: Settings, role: str) -> AsyncEngine:
+    if settings.database_url is None:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(
+        settings.effective_database_url,
+        application_name=f"{settings.database_application_name}-{role}",
+        pool_size=settings.database_pool_size,
+        max_overflow=settings.database_max_overflow,
+    )
+    stack.push_async_callback(engine.dispose)
+    return engine
+
+
+def _redis(stack: AsyncExitStack, settings: Settings, role: str) -> Redis | None:
+    if not settings.redis_url:
+        logger.warning(
+            "redis_not_configured",
+            detail="REDIS_URL is unset: rate limits are kept in process and are not "
+            "shared between replicas",
+        )
+        return None
+    redis = create_redis(settings.redis_url, f"{settings.database_application_name}-{role}")
+    stack.push_async_callback(redis.aclose)
+    return redis
+
+
+def _telegram(stack: AsyncExitStack, settings: Settings) -> TelegramClient:
+    http = httpx.AsyncClient(
+        timeout=httpx.Timeout(settings.telegram_request_timeout, connect=5.0),
+        limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+        follow_redirects=False,
+    )
+    stack.push_async_callback(http.aclose)
+    return TelegramClient(
+        http, settings.telegram_api_base, request_timeout=settings.telegram_request_timeout
+    )
+
+
+def _ingress(
+    stack: AsyncExitStack, settings: Settings, vault: Vault, redis: Redis | None
+) -> tuple[WebhookIngress, DirectoryInvalidator, RateLimiter]:
+    """The webhook path; also returns the shared limiter the API uses."""
+    limiter: RateLimiter
+    update_limiter: RateLimiter
+    if redis is not None:
+        limiter = RedisRateLimiter(redis)
+        # Most update decisions are spent from tokens leased in batches: no
+        # Redis round trip per webhook request, and never above the limit.
+        update_limiter = LeasedRateLimiter(RedisRateLimiter(redis), lease_size=20)
+    else:
+        limiter = update_limiter = LocalRateLimiter()
+    # Ingress has a pool of its own, so API requests waiting on Telegram can never
+    # starve webhook deliveries of database connections, and tight timeouts, so a
+    # slow database answers 503 (Telegram redelivers) instead of holding
+    # Telegram's connections.
+    ingress_engine = create_ingress_engine(
+        settings.effective_database_url,
+        application_name=f"{settings.database_application_name}-ingress",
+        pool_size=settings.ingress_database_pool_size,
+    )
+    stack.push_async_callback(ingress_engine.dispose)
+    writer = UpdateWriter(ingress_engine)
+    writer.start()
+    stack.push_async_callback(writer.stop)
+    directory = ConnectionDirectory(ingress_engine, vault)
+    invalidator = DirectoryInvalidator(directory, redis)
+    invalidator.start()
+    stack.push_async_callback(invalidator.stop)
+    ingress = WebhookIngress(
+        settings=settings,
+        vault=vault,
+        directory=directory,
+        writer=writer,
+        auth_limiter=CachedPeek(limiter, ttl=1.0),
+        update_limiter=update_limiter,
+    )
+    return ingress, invalidator, limiter
+
+
 @asynccontextmanager
-async def open_runtime(
+async def open_api_runtime(
     settings: Settings, *, keyring: Keyring | None = None
-) -> AsyncIterator[Runtime]:
-    """Open the process's resources; `keyring`, if the caller has loaded it already
+) -> AsyncIterator[ApiRuntime]:
+    """The HTTP server's resources; `keyring`, if the caller has loaded it already
     (loading it again would repeat its warnings)."""
     # The keyring first: a missing or malformed keyring must stop start-up
     # before anything else is opened.
     vault = Vault(keyring if keyring is not None else load_keyring(settings))
     async with AsyncExitStack() as stack:
-        if settings.database_url is None:
-            settings.data_dir.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(settings.effective_database_url)
-        stack.push_async_callback(engine.dispose)
-        redis: Redis | None = None
-        if settings.redis_url:
-            redis = create_redis(settings.redis_url)
-            stack.push_async_callback(redis.aclose)
-        else:
-            logger.warning(
-                "redis_not_configured",
-                detail="REDIS_URL is unset: rate limits are kept in process and are not "
-                "shared between replicas",
-            )
-        http = httpx.AsyncClient(
-            timeout=httpx.Timeout(settings.telegram_request_timeout, connect=5.0),
-            limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
-            follow_redirects=False,
-        )
-        stack.push_async_callback(http.aclose)
-
-        limiter: RateLimiter
-        update_limiter: RateLimiter
-        if redis is not None:
-            limiter = RedisRateLimiter(redis)
-            # Most update decisions are spent from tokens leased in batches: no
-            # Redis round trip per webhook request, and never above the limit.
-            update_limiter = LeasedRateLimiter(RedisRateLimiter(redis), lease_size=20)
-        else:
-            limiter = update_limiter = LocalRateLimiter()
-        auth_limiter = CachedPeek(limiter, ttl=1.0)
-
-        # Ingress has a pool of its own, so API requests waiting on Telegram can
-        # never starve webhook deliveries of database connections, and tight
-        # timeouts, so a slow database answers 503 (Telegram redelivers) instead
-        # of holding Telegram's connections.
-        ingress_engine = create_ingress_engine(settings.effective_database_url)
-        stack.push_async_callback(ingress_engine.dispose)
-        writer = UpdateWriter(ingress_engine)
-        writer.start()
-        stack.push_async_callback(writer.stop)
-        directory = ConnectionDirectory(ingress_engine, vault)
-        invalidator = DirectoryInvalidator(directory, redis)
-        invalidator.start()
-        stack.push_async_callback(invalidator.stop)
-        ingress = WebhookIngress(
-            settings=settings,
-            vault=vault,
-            directory=directory,
-            writer=writer,
-            auth_limiter=auth_limiter,
-            update_limiter=update_limiter,
-        )
-        yield Runtime(
+        engine = _engine(stack, settings, "api")
+        redis = _redis(stack, settings, "api")
+        telegram = _telegram(stack, settings)
+        ingress, invalidator, limiter = _ingress(stack, settings, vault, redis)
+        yield ApiRuntime(
             settings=settings,
             engine=engine,
             session_factory=create_session_factory(engine),
             redis=redis,
-            http=http,
             vault=vault,
-            telegram=TelegramClient(
-                http,
-                settings.telegram_api_base,
-                request_timeout=settings.telegram_request_timeout,
-            ),
-            writer=writer,
-            directory=invalidator,
+            telegram=telegram,
             ingress=ingress,
-            locks=OperationLocks(redis),
-            api_limiter=limiter,
+            directory=invalidator,
+            connections=ConnectionCollaborators(
+                settings=settings,
+                credentials=ConnectionCredentials(vault),
+                telegram=telegram,
+                locks=OperationLocks(redis),
+                routes=invalidator,
+                limiter=limiter,
+            ),
         )
+
+
+@asynccontextmanager
+async def open_worker_runtime(
+    settings: Settings, *, keyring: Keyring | None = None
+) -> AsyncIterator[WorkerRuntime]:
+    """The worker's resources (see the module docstring)."""
+    vault = Vault(keyring if keyring is not None else load_keyring(settings))
+    async with AsyncExitStack() as stack:
+        engine = _engine(stack, settings, "worker")
+        redis = _redis(stack, settings, "worker")
+        yield WorkerRuntime(
+            settings=settings,
+            engine=engine,
+            redis=redis,
+            vault=vault,
+            credentials=ConnectionCredentials(vault),
+            telegram=_telegram(stack, settings),
+            routes=RouteChangePublisher(redis),
+        )
+
+
+def get_api_runtime(request: Request) -> ApiRuntime:
+    runtime: ApiRuntime = request.app.state.runtime
+    return runtime
+
+
+ApiRuntimeDep = Annotated[ApiRuntime, Depends(get_api_runtime)]

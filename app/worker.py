@@ -22,7 +22,6 @@ import socket
 import structlog
 
 from app.config import Settings
-from app.connections.credentials import ConnectionCredentials
 from app.connections.repository import clear_expired_previous_secrets
 from app.db import utcnow
 from app.ingress.polling import (
@@ -31,7 +30,7 @@ from app.ingress.polling import (
     RetryDelays,
     wait_for_event,
 )
-from app.runtime import Runtime, open_runtime
+from app.runtime import WorkerRuntime, open_worker_runtime
 from app.vault import Keyring
 
 __all__ = ["default_worker_id", "run_worker"]
@@ -72,10 +71,10 @@ async def run_worker(
     owner = worker_id or default_worker_id()
     lease_seconds = long_poll_timeout + settings.telegram_request_timeout + LEASE_MARGIN_SECONDS
     log = logger.bind(worker_id=owner)
-    async with open_runtime(settings, keyring=keyring) as runtime:
+    async with open_worker_runtime(settings, keyring=keyring) as runtime:
         supervisor = PollerSupervisor(
             engine=runtime.engine,
-            credentials=ConnectionCredentials(runtime.vault),
+            credentials=runtime.credentials,
             telegram=runtime.telegram,
             owner=owner,
             long_poll_timeout=long_poll_timeout,
@@ -94,7 +93,10 @@ async def run_worker(
 
 
 async def _serve(
-    runtime: Runtime, supervisor: PollerSupervisor, stop: asyncio.Event, refresh_interval: float
+    runtime: WorkerRuntime,
+    supervisor: PollerSupervisor,
+    stop: asyncio.Event,
+    refresh_interval: float,
 ) -> None:
     loop = asyncio.get_running_loop()
     next_housekeeping = loop.time()
@@ -114,7 +116,7 @@ async def _refresh_pollers(supervisor: PollerSupervisor) -> None:
         logger.warning("poller_refresh_failed", error_type=type(exc).__name__)
 
 
-async def _housekeeping(runtime: Runtime) -> None:
+async def _housekeeping(runtime: WorkerRuntime) -> None:
     try:
         async with runtime.engine.begin() as connection:
             cleared = await clear_expired_previous_secrets(connection, utcnow())
@@ -124,6 +126,6 @@ async def _housekeeping(runtime: Runtime) -> None:
     for connection_id in cleared:
         # Cached webhook routes still carry the old hash (harmless once expired,
         # but there is no reason to keep it around).
-        await runtime.directory.connection_changed(connection_id)
+        await runtime.routes.connection_changed(connection_id)
     if cleared:
         logger.info("previous_webhook_secrets_cleared", count=len(cleared))

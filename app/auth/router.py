@@ -7,10 +7,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends
 
+from app.auth.deps import Admin
 from app.auth.models import ApiToken
 from app.auth.schemas import TOKEN_CREATE_EXAMPLES, TokenCreate, TokenCreated, TokenOut
 from app.auth.service import LastAdminToken, TokenService
-from app.deps import Admin, DbSession
+from app.deps import DbSession
 from app.errors import Forbidden, NotFound, Unauthenticated, ValidationFailed, responses
 from app.pagination import Page, PageParams, page_of
 

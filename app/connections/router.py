@@ -5,8 +5,9 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Depends
+from fastapi import APIRouter, Body, Depends, Request
 
+from app.auth.deps import Admin, AnyRole
 from app.connections.errors import (
     BotAlreadyConnected,
     BotAlreadyConnectedHere,
@@ -33,8 +34,8 @@ from app.connections.schemas import (
     HealthOut,
     TokenReplace,
 )
-from app.connections.service import ConnectionService
-from app.deps import Admin, AnyRole, DbSession, RuntimeDep
+from app.connections.service import ConnectionCollaborators, ConnectionService
+from app.deps import DbSession
 from app.errors import (
     Forbidden,
     NotFound,
@@ -48,6 +49,15 @@ from app.locks import OperationInProgress
 from app.pagination import Page, PageParams, page_of
 
 router = APIRouter(prefix="/api/v1/connections", tags=["connections"])
+
+
+def connection_collaborators(request: Request) -> ConnectionCollaborators:
+    """What the process assembled for this domain (see `app.runtime`)."""
+    collaborators: ConnectionCollaborators = request.app.state.connections
+    return collaborators
+
+
+Collaborators = Annotated[ConnectionCollaborators, Depends(connection_collaborators)]
 
 # What every change that talks to Telegram under the connection's lock can answer.
 _CHANGE_ERRORS = (
@@ -102,7 +112,7 @@ async def create_telegram_connection(
     body: Annotated[ConnectionCreate, Body(openapi_examples=CONNECTION_CREATE_EXAMPLES)],
     auth: Admin,
     session: DbSession,
-    runtime: RuntimeDep,
+    collaborators: Collaborators,
 ) -> ConnectionCreated:
     """Admin only. In order:
 
@@ -123,7 +133,7 @@ async def create_telegram_connection(
 
     `warnings` says when a webhook that pointed elsewhere was replaced (naming the
     host only). No token, secret or key is ever in a response."""
-    result = await ConnectionService(session, runtime, auth).create(body.bot_token, body.name)
+    result = await ConnectionService(session, auth, collaborators).create(body.bot_token, body.name)
     return ConnectionCreated(
         **connection_out(result.connection).model_dump(), warnings=result.warnings
     )
@@ -137,12 +147,12 @@ async def create_telegram_connection(
 async def list_connections(
     auth: AnyRole,
     session: DbSession,
-    runtime: RuntimeDep,
+    collaborators: Collaborators,
     params: Annotated[PageParams, Depends()],
 ) -> Page[ConnectionOut]:
     """Any role. The workspace's connections, newest first; deleted ones are not
     listed. Cursor-paginated (`?cursor=`, `?limit=` 1-200, default 50)."""
-    rows = await ConnectionService(session, runtime, auth).list_connections(params)
+    rows = await ConnectionService(session, auth, collaborators).list_connections(params)
     rows, next_cursor = page_of(rows, params, lambda c: c.created_at)
     return Page(items=[connection_out(c) for c in rows], next_cursor=next_cursor)
 
@@ -153,10 +163,10 @@ async def list_connections(
     responses=responses(Unauthenticated, NotFound, ValidationFailed),
 )
 async def get_connection(
-    connection_id: uuid.UUID, auth: AnyRole, session: DbSession, runtime: RuntimeDep
+    connection_id: uuid.UUID, auth: AnyRole, session: DbSession, collaborators: Collaborators
 ) -> ConnectionOut:
     """Any role. One connection; a deleted one, or one of another workspace, is 404."""
-    return connection_out(await ConnectionService(session, runtime, auth).get(connection_id))
+    return connection_out(await ConnectionService(session, auth, collaborators).get(connection_id))
 
 
 @router.patch(
@@ -169,12 +179,12 @@ async def update_connection(
     body: Annotated[ConnectionPatch, Body(openapi_examples=CONNECTION_PATCH_EXAMPLES)],
     auth: Admin,
     session: DbSession,
-    runtime: RuntimeDep,
+    collaborators: Collaborators,
 ) -> ConnectionOut:
     """Admin only. Changes the fields given and keeps the others: `name`,
     `approval_mode` (`required`, the default, or `none`) and `daily_limit`
     (1-1000000). Telegram is not called."""
-    connection = await ConnectionService(session, runtime, auth).update(
+    connection = await ConnectionService(session, auth, collaborators).update(
         connection_id,
         name=body.name,
         approval_mode=body.approval_mode,
@@ -197,7 +207,7 @@ async def update_connection(
     ),
 )
 async def connection_health(
-    connection_id: uuid.UUID, auth: AnyRole, session: DbSession, runtime: RuntimeDep
+    connection_id: uuid.UUID, auth: AnyRole, session: DbSession, collaborators: Collaborators
 ) -> HealthOut:
     """Any role (the settings page shows it to everyone). A live `getWebhookInfo`,
     judged: `healthy`; `degraded` when Telegram reports a delivery error within
@@ -209,7 +219,7 @@ async def connection_health(
     Each check is a Telegram call, so checks are limited per connection (30 a
     minute, bursts of 10): 429 with `Retry-After`. 503 when the limiter's Redis
     is unreachable."""
-    return await ConnectionService(session, runtime, auth).health(connection_id)
+    return await ConnectionService(session, auth, collaborators).health(connection_id)
 
 
 @router.post(
@@ -218,7 +228,7 @@ async def connection_health(
     responses=responses(*_CHANGE_ERRORS, RotationUnsettled),
 )
 async def rotate_webhook_secret(
-    connection_id: uuid.UUID, auth: Admin, session: DbSession, runtime: RuntimeDep
+    connection_id: uuid.UUID, auth: Admin, session: DbSession, collaborators: Collaborators
 ) -> ConnectionOut:
     """Admin only. A new webhook secret is stored, and known to every replica,
     before `setWebhook` gives it to Telegram; the previous secret is still
@@ -230,7 +240,7 @@ async def rotate_webhook_secret(
     resync settles it. Rotating again before then is 409 `rotation_unsettled`.
     One change to a connection runs at a time: 409 `operation_in_progress`; 503
     when Redis, which holds that lock, is unreachable."""
-    service = ConnectionService(session, runtime, auth)
+    service = ConnectionService(session, auth, collaborators)
     return connection_out(await service.rotate_secret(connection_id))
 
 
@@ -244,7 +254,7 @@ async def replace_bot_token(
     body: Annotated[TokenReplace, Body(openapi_examples=TOKEN_REPLACE_EXAMPLES)],
     auth: Admin,
     session: DbSession,
-    runtime: RuntimeDep,
+    collaborators: Collaborators,
 ) -> ConnectionOut:
     """Admin only. For a token regenerated in @BotFather: `getMe` must name the
     same bot (else 422 `different_bot`; a token Telegram rejects is 422
@@ -252,7 +262,7 @@ async def replace_bot_token(
     is registered again with it. If registering fails (502) the new token is
     kept and the connection is `action_required` with a hint; resync to retry.
     One change to a connection runs at a time: 409 `operation_in_progress`."""
-    service = ConnectionService(session, runtime, auth)
+    service = ConnectionService(session, auth, collaborators)
     return connection_out(await service.replace_token(connection_id, body.bot_token))
 
 
@@ -262,7 +272,7 @@ async def replace_bot_token(
     responses=responses(*_CHANGE_ERRORS),
 )
 async def resync_connection(
-    connection_id: uuid.UUID, auth: Admin, session: DbSession, runtime: RuntimeDep
+    connection_id: uuid.UUID, auth: Admin, session: DbSession, collaborators: Collaborators
 ) -> ConnectionOut:
     """Admin only. Points the bot's webhook here again with the current secret
     (in polling mode: removes any webhook). The mode follows whether
@@ -271,7 +281,9 @@ async def resync_connection(
     connection `active`; a Telegram failure (502) leaves it `action_required`
     with a hint. One change to a connection runs at a time: 409
     `operation_in_progress`."""
-    return connection_out(await ConnectionService(session, runtime, auth).resync(connection_id))
+    return connection_out(
+        await ConnectionService(session, auth, collaborators).resync(connection_id)
+    )
 
 
 @router.delete(
@@ -289,7 +301,7 @@ async def resync_connection(
     ),
 )
 async def delete_connection(
-    connection_id: uuid.UUID, auth: Admin, session: DbSession, runtime: RuntimeDep
+    connection_id: uuid.UUID, auth: Admin, session: DbSession, collaborators: Collaborators
 ) -> DeleteOut:
     """Admin only. `deleteWebhook`, then the stored credentials are destroyed; the
     row is kept for history, and the contacts, conversations and messages stay
@@ -301,4 +313,4 @@ async def delete_connection(
     removed: 502 `telegram_unavailable`, and the connection keeps its
     credentials so that a retry can clean up. One change to a connection runs at
     a time: 409 `operation_in_progress`."""
-    return await ConnectionService(session, runtime, auth).delete(connection_id)
+    return await ConnectionService(session, auth, collaborators).delete(connection_id)

@@ -6,7 +6,7 @@ its bot is committed before setWebhook is called, so two workspaces racing for
 one bot cannot both register it (the unique index decides, and the loser never
 calls Telegram), and a crash after setWebhook cannot leave a registered webhook
 whose key the database does not know. Those commits are made here, explicitly,
-because they must happen in the middle of the request.
+because they must happen in the middle of the request (`app.db.checkpoint`).
 """
 
 from __future__ import annotations
@@ -16,13 +16,14 @@ import uuid
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import structlog
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.service import AuthContext
+from app.config import Settings
 from app.connections.credentials import (
     ConnectionCredentials,
     MissingCredential,
@@ -67,11 +68,11 @@ from app.connections.status import (
     webhook_blocks_polling_hint,
     webhook_elsewhere_hint,
 )
-from app.db import new_id, utcnow
+from app.db import checkpoint, new_id, utcnow
 from app.errors import AppError, NotFound, RateLimited, ServiceUnavailable, ValidationFailed
+from app.locks import OperationLocks
 from app.pagination import PageParams
-from app.ratelimit import RateLimit, RateLimiterUnavailable
-from app.runtime import Runtime
+from app.ratelimit import RateLimit, RateLimiter, RateLimiterUnavailable
 from app.telegram.client import TelegramClient
 from app.telegram.errors import (
     TelegramError,
@@ -137,16 +138,38 @@ async def telegram_call(call: Awaitable[T]) -> T:
         raise telegram_failure(exc) from None
 
 
+class RouteChanges(Protocol):
+    """Drops a connection's cached webhook route in every replica (the ingress directory)."""
+
+    async def connection_changed(self, connection_id: uuid.UUID) -> None: ...
+
+
+@dataclass(frozen=True)
+class ConnectionCollaborators:
+    """What the connection lifecycle needs of the process, assembled by it once."""
+
+    settings: Settings
+    credentials: ConnectionCredentials
+    telegram: TelegramClient
+    # Serialize the changes that call Telegram, per connection, across replicas.
+    locks: OperationLocks
+    routes: RouteChanges
+    # Bounds the live health checks (each a Telegram call).
+    limiter: RateLimiter
+
+
 class ConnectionService:
-    def __init__(self, session: AsyncSession, runtime: Runtime, auth: AuthContext) -> None:
+    def __init__(
+        self, session: AsyncSession, auth: AuthContext, collaborators: ConnectionCollaborators
+    ) -> None:
         self.session = session
-        self.settings = runtime.settings
-        self.credentials = ConnectionCredentials(runtime.vault)
-        self.telegram: TelegramClient = runtime.telegram
-        self.directory = runtime.directory
-        self.locks = runtime.locks
-        self.api_limiter = runtime.api_limiter
         self.auth = auth
+        self.settings = collaborators.settings
+        self.credentials = collaborators.credentials
+        self.telegram = collaborators.telegram
+        self.locks = collaborators.locks
+        self.routes = collaborators.routes
+        self.api_limiter = collaborators.limiter
         self.repository = ConnectionRepository(session, auth.workspace_id)
 
     # -- reading -------------------------------------------------------------------
@@ -188,7 +211,7 @@ class ConnectionService:
         self.credentials.seal_webhook(connection, secret, key)
         self.repository.add(connection)
         try:
-            await self.session.commit()
+            await checkpoint(self.session)
         except IntegrityError:
             await self.session.rollback()
             await self._refuse_claimed(bot.id)
@@ -204,8 +227,8 @@ class ConnectionService:
             # Released, not erased: Telegram may already have delivered updates to
             # this connection, and those were acknowledged.
             destroy_credentials(connection)
-            await self.session.commit()
-            await self.directory.connection_changed(connection.id)
+            await checkpoint(self.session)
+            await self.routes.connection_changed(connection.id)
             raise
         logger.info(
             "connection_created",
@@ -317,16 +340,16 @@ class ConnectionService:
             connection.updated_at = now
             # Durable (and known to every replica) first: Telegram may deliver with
             # the new secret the moment it has it; the old one stays valid meanwhile.
-            await self.session.commit()
-            await self.directory.connection_changed(connection.id)
+            await checkpoint(self.session)
+            await self.routes.connection_changed(connection.id)
             try:
                 await self._register(connection, token, secret, key)
             except AppError as exc:
                 connection.previous_secret_expires_at = utcnow() + UNSETTLED_SECRET_GRACE
                 connection.status = ConnectionStatus.action_required
                 connection.status_hint = unsettled_rotation_hint(exc.message)
-                await self.session.commit()
-                await self.directory.connection_changed(connection.id)
+                await checkpoint(self.session)
+                await self.routes.connection_changed(connection.id)
                 raise
             logger.info("webhook_secret_rotated", connection_id=str(connection.id))
             return connection
@@ -344,7 +367,7 @@ class ConnectionService:
             self.credentials.seal_token(connection, token)
             connection.bot_username, connection.bot_first_name = bot.username, bot.first_name
             connection.updated_at = utcnow()
-            await self.session.commit()
+            await checkpoint(self.session)
             await self._reregister(connection, token)
             logger.info("bot_token_replaced", connection_id=str(connection.id))
             return connection
@@ -360,8 +383,8 @@ class ConnectionService:
             expires = connection.previous_secret_expires_at
             if expires is not None and expires > utcnow() + self._grace():
                 connection.previous_secret_expires_at = utcnow() + self._grace()
-                await self.session.commit()
-                await self.directory.connection_changed(connection.id)
+                await checkpoint(self.session)
+                await self.routes.connection_changed(connection.id)
             return connection
 
     async def _reregister(self, connection: TelegramConnection, token: BotToken) -> None:
@@ -372,7 +395,7 @@ class ConnectionService:
         except AppError as exc:
             connection.status = ConnectionStatus.action_required
             connection.status_hint = registration_failed_hint(exc.message)
-            await self.session.commit()
+            await checkpoint(self.session)
             raise
         connection.status = ConnectionStatus.active
         connection.status_hint = None
@@ -404,8 +427,8 @@ class ConnectionService:
             destroy_credentials(connection)
             # Committed here so that no replica can reload the old webhook route
             # between dropping it from the cache and the end of the request.
-            await self.session.commit()
-            await self.directory.connection_changed(connection.id)
+            await checkpoint(self.session)
+            await self.routes.connection_changed(connection.id)
             logger.info(
                 "connection_deleted",
                 connection_id=str(connection.id),

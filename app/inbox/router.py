@@ -7,7 +7,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
 
-from app.deps import AnyRole, DbSession
+from app.auth.deps import AnyRole
+from app.deps import DbSession
 from app.errors import NotFound, Unauthenticated, ValidationFailed, responses
 from app.inbox.schemas import ContactOut, ConversationMessageOut, ConversationOut
 from app.inbox.service import InboxService

@@ -155,19 +155,17 @@ class ConnectionDirectory:
             self._entries.pop(digest, None)
 
 
-class DirectoryInvalidator:
-    """Drops directory entries here and, through Redis, in every other replica."""
+class RouteChangePublisher:
+    """Tells every replica's directory that a connection's webhook route changed.
 
-    def __init__(self, directory: ConnectionDirectory, redis: Redis | None) -> None:
-        self._directory = directory
+    What a process without a directory of its own uses (the worker): it only
+    publishes. Without Redis there are no other replicas to tell.
+    """
+
+    def __init__(self, redis: Redis | None) -> None:
         self._redis = redis
-        self._listener: asyncio.Task[None] | None = None
-        self._stopping = False
-        # Set while this replica is subscribed to other replicas' invalidations.
-        self.subscribed = asyncio.Event()
 
     async def connection_changed(self, connection_id: uuid.UUID) -> None:
-        self._directory.invalidate(connection_id)
         if self._redis is None:
             return
         try:
@@ -175,6 +173,23 @@ class DirectoryInvalidator:
         except Exception as exc:
             # The TTL still bounds how long other replicas keep the old entry.
             logger.warning("directory_broadcast_failed", error_type=type(exc).__name__)
+
+
+class DirectoryInvalidator:
+    """Drops directory entries here and, through Redis, in every other replica."""
+
+    def __init__(self, directory: ConnectionDirectory, redis: Redis | None) -> None:
+        self._directory = directory
+        self._redis = redis
+        self._publisher = RouteChangePublisher(redis)
+        self._listener: asyncio.Task[None] | None = None
+        self._stopping = False
+        # Set while this replica is subscribed to other replicas' invalidations.
+        self.subscribed = asyncio.Event()
+
+    async def connection_changed(self, connection_id: uuid.UUID) -> None:
+        self._directory.invalidate(connection_id)
+        await self._publisher.connection_changed(connection_id)
 
     def start(self) -> None:
         if self._redis is not None and self._listener is None:
