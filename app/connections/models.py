@@ -99,6 +99,10 @@ class TelegramConnection(Base):
     poll_owner: Mapped[str | None] = mapped_column(String(64), nullable=True)
     poll_lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
+    # Set when Telegram rejected the token on a send: the connection's outbound queue
+    # waits (nothing is failed) until the token is replaced.
+    outbound_paused_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
     last_checked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
