@@ -8,6 +8,7 @@ needs them receives the object, so tests construct their own.
 from __future__ import annotations
 
 import ipaddress
+from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -63,6 +64,10 @@ class Settings(BaseSettings):
     ingress_max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
 
     webhook_secret_grace_seconds: int = Field(default=600, ge=0)
+
+    # How long an outbound message may wait for approval before it expires
+    # (seconds, or an ISO 8601 duration such as PT24H).
+    approval_ttl: timedelta = Field(default=timedelta(hours=24), gt=timedelta(0))
 
     # PostgreSQL pools per process: the API's (and the worker's) engine, and the
     # webhook path's own. Each process names its connections (PostgreSQL's

@@ -23,6 +23,7 @@ from app.inbox.router import router as inbox_router
 from app.ingress.openapi import add_webhook
 from app.ingress.router import router as updates_router
 from app.logging import configure_logging
+from app.messages.router import router as messages_router
 from app.middleware import RequestContextMiddleware
 from app.openapi import DESCRIPTION, TAGS
 from app.runtime import ApiRuntime, open_api_runtime
@@ -163,5 +164,6 @@ def create_app(
     app.include_router(connections_router)
     app.include_router(updates_router)
     app.include_router(inbox_router)
+    app.include_router(messages_router)
     app.router.routes.append(Route(WEBHOOK_PATH, endpoint=_WebhookEndpoint(), methods=["POST"]))
     return app

@@ -33,6 +33,7 @@ from app.ingress.directory import ConnectionDirectory, DirectoryInvalidator, Rou
 from app.ingress.store import UpdateWriter
 from app.ingress.webhook import WebhookIngress
 from app.locks import OperationLocks
+from app.messages.states import cancel_unsent_of_deleted_connection
 from app.ratelimit import (
     CachedPeek,
     LeasedRateLimiter,
@@ -197,6 +198,7 @@ async def open_api_runtime(
                 locks=OperationLocks(redis),
                 routes=invalidator,
                 limiter=limiter,
+                on_deleted=cancel_unsent_of_deleted_connection,
             ),
         )
 

@@ -9,6 +9,7 @@ with the Bot API double, answering that status with one of the listed codes.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import re
 import uuid
@@ -225,6 +226,8 @@ class Situation:
 
 
 Provoke = Callable[[Situation, str, str], Awaitable[httpx.Response]]
+# The status the running case is to provoke, for cases that provoke several.
+DOCUMENT_STATUS: contextvars.ContextVar[int] = contextvars.ContextVar("status")
 CASES: dict[tuple[str, str, int], Provoke] = {}
 GENERIC: dict[int, Provoke] = {}
 
@@ -502,6 +505,91 @@ async def conversation_read(ctx: Situation, method: str, path: str) -> httpx.Res
     return await ctx.call(method, fill(path, conversation["id"]))
 
 
+# Outbound messages
+
+SEND = "/api/v1/messages"
+ONE_MESSAGE = f"{SEND}/{{message_id}}"
+APPROVE = f"{ONE_MESSAGE}/approve"
+REJECT = f"{ONE_MESSAGE}/reject"
+CANCEL = f"{ONE_MESSAGE}/cancel"
+
+
+async def pending_message(ctx: Situation, **extra: Any) -> dict[str, Any]:
+    """A message the workspace's admin token requested, waiting for approval."""
+    _, connection_id = await ctx.connection()
+    body = {"connection_id": connection_id, "chat_id": 501, "text": "Hello", **extra}
+    response = await ctx.call("POST", SEND, json=body)
+    assert response.status_code == 202, response.text
+    sent: dict[str, Any] = response.json()
+    return sent
+
+
+@provokes(("POST", SEND, 202), ("GET", SEND, 200), ("GET", "/api/v1/audit", 200))
+async def message_requested(ctx: Situation, method: str, path: str) -> httpx.Response:
+    if method == "GET":
+        await pending_message(ctx)
+        return await ctx.call(method, path)
+    _, connection_id = await ctx.connection()
+    return await ctx.call(
+        method, path, json={"connection_id": connection_id, "chat_id": 501, "text": "Hi"}
+    )
+
+
+@provokes(("POST", SEND, 200), ("POST", SEND, 409))
+async def message_requested_again(ctx: Situation, method: str, path: str) -> httpx.Response:
+    _, connection_id = await ctx.connection()
+    body = {"connection_id": connection_id, "chat_id": 501, "text": "Hi"}
+    key = {"Idempotency-Key": f"case-{uuid.uuid4()}"}
+    first = await ctx.client.post(path, json=body, headers={**ctx.workspace.headers(), **key})
+    assert first.status_code == 202
+    again = {**body, "text": "Hi" if DOCUMENT_STATUS.get() == 200 else "Hello"}
+    return await ctx.client.post(path, json=again, headers={**ctx.workspace.headers(), **key})
+
+
+@provokes(("POST", SEND, 404))
+async def message_to_an_unknown_connection(
+    ctx: Situation, method: str, path: str
+) -> httpx.Response:
+    body = {"connection_id": str(uuid.uuid4()), "chat_id": 501, "text": "Hi"}
+    return await ctx.call(method, path, json=body)
+
+
+@provokes(("GET", ONE_MESSAGE, 200), ("POST", CANCEL, 200))
+async def on_a_message(ctx: Situation, method: str, path: str) -> httpx.Response:
+    message = await pending_message(ctx)
+    return await ctx.call(method, fill(path, message["id"]))
+
+
+@provokes(("POST", APPROVE, 200), ("POST", REJECT, 200), ("POST", APPROVE, 409))
+async def decided_by_a_reviewer(ctx: Situation, method: str, path: str) -> httpx.Response:
+    message = await pending_message(ctx)
+    _, reviewer = await ctx.workspace.token(Role.reviewer)
+    url = fill(path, message["id"])
+    if DOCUMENT_STATUS.get() == 409:
+        assert (await ctx.call(method, url, token=reviewer)).status_code == 200
+    return await ctx.call(method, url, token=reviewer, json={"reason": "Off-brand"})
+
+
+@provokes(("POST", REJECT, 409), ("POST", CANCEL, 409))
+async def decided_twice(ctx: Situation, method: str, path: str) -> httpx.Response:
+    message = await pending_message(ctx)
+    assert (await ctx.call("POST", fill(CANCEL, message["id"]))).status_code == 200
+    _, reviewer = await ctx.workspace.token(Role.reviewer)
+    token = reviewer if path == REJECT else None
+    return await ctx.call(method, fill(path, message["id"]), token=token, json={"reason": "No"})
+
+
+@provokes(("POST", APPROVE, 403), ("POST", REJECT, 403))
+async def decided_by_its_requester(ctx: Situation, method: str, path: str) -> httpx.Response:
+    message = await pending_message(ctx)
+    return await ctx.call(method, fill(path, message["id"]), json={"reason": "Mine"})
+
+
+@provokes(("POST", REJECT, 404))
+async def rejecting_an_unknown_message(ctx: Situation, method: str, path: str) -> httpx.Response:
+    return await ctx.call(method, fill(path, str(uuid.uuid4())), json={"reason": "No"})
+
+
 # Webhook
 
 
@@ -590,6 +678,7 @@ async def test_every_documented_status_is_answered(
 ) -> None:
     provoke = CASES.get((method, path, status)) or GENERIC.get(status)
     assert provoke is not None, f"nothing here provokes {status} from {method} {path}"
+    DOCUMENT_STATUS.set(status)
     response = await provoke(situation, method, path)
     assert response.status_code == status, response.text
     documented = DOC["paths"][path][method.lower()]["responses"][str(status)]

@@ -48,6 +48,14 @@ class ConnectionRepository:
             stmt = stmt.with_for_update()
         return (await self.session.execute(stmt)).scalar_one_or_none()
 
+    async def get_any(self, connection_id: uuid.UUID) -> TelegramConnection | None:
+        """Live or deleted (a deleted connection says so rather than vanish)."""
+        stmt = select(TelegramConnection).where(
+            TelegramConnection.workspace_id == self.workspace_id,
+            TelegramConnection.id == connection_id,
+        )
+        return (await self.session.execute(stmt)).scalar_one_or_none()
+
     async def list(self, params: PageParams) -> list[TelegramConnection]:
         stmt = keyset(
             self._live(),

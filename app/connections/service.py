@@ -144,6 +144,15 @@ class RouteChanges(Protocol):
     async def connection_changed(self, connection_id: uuid.UUID) -> None: ...
 
 
+class ConnectionDeletedHook(Protocol):
+    """What other domains do, in the delete's transaction, when a connection goes
+    (the messages domain cancels its unsent messages)."""
+
+    async def __call__(
+        self, session: AsyncSession, connection_id: uuid.UUID, actor_token_id: uuid.UUID
+    ) -> None: ...
+
+
 @dataclass(frozen=True)
 class ConnectionCollaborators:
     """What the connection lifecycle needs of the process, assembled by it once."""
@@ -156,6 +165,7 @@ class ConnectionCollaborators:
     routes: RouteChanges
     # Bounds the live health checks (each a Telegram call).
     limiter: RateLimiter
+    on_deleted: ConnectionDeletedHook | None = None
 
 
 class ConnectionService:
@@ -170,6 +180,7 @@ class ConnectionService:
         self.locks = collaborators.locks
         self.routes = collaborators.routes
         self.api_limiter = collaborators.limiter
+        self.on_deleted = collaborators.on_deleted
         self.repository = ConnectionRepository(session, auth.workspace_id)
 
     # -- reading -------------------------------------------------------------------
@@ -425,6 +436,8 @@ class ConnectionService:
                 )
                 report.remote_cleanup, report.hint = "failed", MANUAL_CLEANUP_HINT
             destroy_credentials(connection)
+            if self.on_deleted is not None:
+                await self.on_deleted(self.session, connection.id, self.auth.token_id)
             # Committed here so that no replica can reload the old webhook route
             # between dropping it from the cache and the end of the request.
             await checkpoint(self.session)

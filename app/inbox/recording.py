@@ -17,18 +17,22 @@ import functools
 import time
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import Table, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from app.db import new_id
+from app.inbox.models import Conversation, ConversationMessage
 from app.inbox.statements import (
     ACTIVITY_REFRESH_SECONDS,
     CONTACT_FIELDS,
     CONVERSATION_FIELDS,
     inbox_statements_for,
 )
+from app.telegram.conversation_keys import ConversationKey
 from app.telegram.updates import ParsedUpdate
 
 # A row written, as (id, fingerprint of its fields), for `RecentlyWritten.remember`.
@@ -244,3 +248,149 @@ def _message_rows(items: Sequence[ReceivedUpdate]) -> list[dict[str, Any]]:
             "received_at": item.received_at,
         }
     return _sorted(latest)
+
+
+# -- outbound ---------------------------------------------------------------------
+# The messages domain reports its messages here, inside its own transactions, so a
+# conversation shows what was sent (and what waits for approval) beside what came in.
+
+MESSAGES_TABLE: Table = ConversationMessage.__table__  # type: ignore[assignment]
+CONVERSATIONS_TABLE: Table = Conversation.__table__  # type: ignore[assignment]
+
+
+async def record_outbound(
+    executor: AsyncSession | AsyncConnection,
+    *,
+    outbound_message_id: uuid.UUID,
+    workspace_id: uuid.UUID,
+    connection_id: uuid.UUID,
+    conversation_id: uuid.UUID,
+    text: str,
+    status: str,
+    at: datetime,
+) -> None:
+    """Show a requested outbound message in its conversation (no Telegram id yet)."""
+    await executor.execute(
+        insert(MESSAGES_TABLE).values(
+            id=new_id(),
+            workspace_id=workspace_id,
+            connection_id=connection_id,
+            conversation_id=conversation_id,
+            direction="outbound",
+            telegram_message_id=None,
+            sender_contact_id=None,
+            content_kind="text",
+            text=clean_text(text),
+            sent_at=at,
+            edited_at=None,
+            received_at=at,
+            outbound_message_id=outbound_message_id,
+            delivery_status=status,
+        )
+    )
+
+
+async def set_outbound_status(
+    executor: AsyncSession | AsyncConnection,
+    outbound_message_ids: Sequence[uuid.UUID],
+    status: str,
+) -> None:
+    """The messages domain moved these messages to `status`."""
+    if outbound_message_ids:
+        await executor.execute(
+            update(MESSAGES_TABLE)
+            .where(MESSAGES_TABLE.c.outbound_message_id.in_(list(outbound_message_ids)))
+            .values(delivery_status=status)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SentOutbound:
+    """An outbound message Telegram accepted, as the dispatcher reports it."""
+
+    outbound_message_id: uuid.UUID
+    workspace_id: uuid.UUID
+    connection_id: uuid.UUID
+    # None when the message was addressed by chat id and no conversation was known.
+    conversation_id: uuid.UUID | None
+    chat_id: int
+    chat_type: str
+    chat_title: str | None
+    telegram_message_id: int
+    text: str
+    sent_at: datetime
+
+
+async def record_outbound_sent(
+    executor: AsyncSession | AsyncConnection, sent: Sequence[SentOutbound]
+) -> dict[uuid.UUID, uuid.UUID]:
+    """Record Telegram's message ids; a message whose conversation was unknown gets
+    its conversation (by the chat Telegram answered with) and its inbox row now.
+
+    Returns the conversation id of each message whose conversation was created or
+    found here, for the messages domain to remember.
+    """
+    found: dict[uuid.UUID, uuid.UUID] = {}
+    for item in sent:
+        if item.conversation_id is not None:
+            await executor.execute(
+                update(MESSAGES_TABLE)
+                .where(MESSAGES_TABLE.c.outbound_message_id == item.outbound_message_id)
+                .values(
+                    telegram_message_id=item.telegram_message_id,
+                    delivery_status="sent",
+                    sent_at=item.sent_at,
+                )
+            )
+            continue
+        key = ConversationKey(chat_id=item.chat_id).encode()
+        conversation = conversation_id(item.connection_id, key)
+        await _ensure_conversation(executor, item, key, conversation)
+        await record_outbound(
+            executor,
+            outbound_message_id=item.outbound_message_id,
+            workspace_id=item.workspace_id,
+            connection_id=item.connection_id,
+            conversation_id=conversation,
+            text=item.text,
+            status="sent",
+            at=item.sent_at,
+        )
+        await executor.execute(
+            update(MESSAGES_TABLE)
+            .where(MESSAGES_TABLE.c.outbound_message_id == item.outbound_message_id)
+            .values(telegram_message_id=item.telegram_message_id)
+        )
+        found[item.outbound_message_id] = conversation
+    return found
+
+
+async def _ensure_conversation(
+    executor: AsyncSession | AsyncConnection, item: SentOutbound, key: str, row_id: uuid.UUID
+) -> None:
+    exists = await executor.execute(
+        select(CONVERSATIONS_TABLE.c.id).where(CONVERSATIONS_TABLE.c.id == row_id)
+    )
+    if exists.first() is not None:
+        return
+    await executor.execute(
+        insert(CONVERSATIONS_TABLE).values(
+            id=row_id,
+            workspace_id=item.workspace_id,
+            connection_id=item.connection_id,
+            key=key,
+            chat_id=item.chat_id,
+            chat_type=clean_text(item.chat_type, 32),
+            title=clean_text(item.chat_title, 256),
+            business_connection_id=None,
+            thread_id=None,
+            direct_messages_topic_id=None,
+            created_at=item.sent_at,
+            last_activity_at=item.sent_at,
+        )
+    )
+
+
+def conversation_for_chat(connection_id: uuid.UUID, chat_id: int) -> uuid.UUID:
+    """The id of a chat's plain conversation (no business connection, topic or thread)."""
+    return conversation_id(connection_id, ConversationKey(chat_id=chat_id).encode())

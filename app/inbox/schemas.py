@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 
 class ContactOut(BaseModel):
@@ -40,10 +40,14 @@ class ConversationMessageOut(BaseModel):
     id: uuid.UUID
     conversation_id: uuid.UUID
     direction: str
-    telegram_message_id: int
+    # None for an outbound message not sent yet.
+    telegram_message_id: int | None
     sender_contact_id: uuid.UUID | None
     content_kind: str
     text: str | None
     sent_at: datetime
     edited_at: datetime | None
     received_at: datetime
+    # Outbound rows: the message (GET /api/v1/messages/{id}) and its status.
+    outbound_message_id: uuid.UUID | None = None
+    status: str | None = Field(default=None, validation_alias="delivery_status")

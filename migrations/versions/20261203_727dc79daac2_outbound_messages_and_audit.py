@@ -113,6 +113,8 @@ def upgrade() -> None:
         )
 
     with op.batch_alter_table("conversation_messages", schema=None) as batch_op:
+        # An outbound message has no Telegram id until it is sent.
+        batch_op.alter_column("telegram_message_id", existing_type=sa.BigInteger(), nullable=True)
         batch_op.add_column(sa.Column("outbound_message_id", sa.Uuid(), nullable=True))
         batch_op.add_column(sa.Column("delivery_status", sa.String(length=20), nullable=True))
         batch_op.create_unique_constraint(
@@ -135,6 +137,7 @@ def downgrade() -> None:
         )
         batch_op.drop_column("delivery_status")
         batch_op.drop_column("outbound_message_id")
+        batch_op.alter_column("telegram_message_id", existing_type=sa.BigInteger(), nullable=False)
 
     with op.batch_alter_table("outbound_messages", schema=None) as batch_op:
         batch_op.drop_index(

@@ -1,0 +1,347 @@
+"""The outbound message state machine (SPEC section 7), in one place.
+
+    pending_approval -> queued -> sending -> sent | failed
+    pending_approval -> rejected | expired | cancelled
+    queued -> cancelled
+    sending -> queued        (deferred: paced, rate limited, retried after an error)
+
+Every transition is one conditional UPDATE (`WHERE status = <from>`), so of two
+reviewers, or two workers, racing on one message exactly one wins; the loser's
+update matches no row. Each transition also writes its audit row and tells the
+inbox the new status, in the caller's transaction.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, Row, Table, and_, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+
+from app.audit.repository import record, record_many
+from app.db import utcnow
+from app.inbox.recording import set_outbound_status
+from app.messages.models import MessageStatus, OutboundMessage
+
+MESSAGES: Table = OutboundMessage.__table__  # type: ignore[assignment]
+Executor = AsyncSession | AsyncConnection
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Who decided what about a message, for its audit row."""
+
+    actor_token_id: uuid.UUID | None
+    at: datetime
+    reason: str | None = None
+
+
+async def _move(
+    executor: Executor,
+    message_id: uuid.UUID,
+    workspace_id: uuid.UUID,
+    allowed_from: Sequence[MessageStatus],
+    to: MessageStatus,
+    action: str,
+    decision: Decision,
+    **values: Any,
+) -> bool:
+    """One conditional transition; True if this caller won it."""
+    stmt = (
+        update(MESSAGES)
+        .where(
+            MESSAGES.c.id == message_id,
+            MESSAGES.c.workspace_id == workspace_id,
+            MESSAGES.c.status.in_(list(allowed_from)),
+        )
+        .values(status=to, updated_at=decision.at, **values)
+    )
+    if (await executor.execute(stmt)).rowcount != 1:  # type: ignore[attr-defined]
+        return False
+    await record(
+        executor,
+        workspace_id=workspace_id,
+        action=action,
+        message_id=message_id,
+        actor_token_id=decision.actor_token_id,
+        at=decision.at,
+        reason=decision.reason,
+    )
+    await set_outbound_status(executor, [message_id], to)
+    return True
+
+
+async def approve(
+    executor: Executor, workspace_id: uuid.UUID, message_id: uuid.UUID, decision: Decision
+) -> bool:
+    """pending_approval -> queued, due at once; never once it has expired."""
+    stmt_guard = or_(MESSAGES.c.expires_at.is_(None), MESSAGES.c.expires_at > decision.at)
+    stmt = (
+        update(MESSAGES)
+        .where(
+            MESSAGES.c.id == message_id,
+            MESSAGES.c.workspace_id == workspace_id,
+            MESSAGES.c.status == MessageStatus.pending_approval,
+            stmt_guard,
+        )
+        .values(
+            status=MessageStatus.queued,
+            reviewed_by=decision.actor_token_id,
+            next_attempt_at=decision.at,
+            updated_at=decision.at,
+        )
+    )
+    if (await executor.execute(stmt)).rowcount != 1:  # type: ignore[attr-defined]
+        return False
+    await record(
+        executor,
+        workspace_id=workspace_id,
+        action="approved",
+        message_id=message_id,
+        actor_token_id=decision.actor_token_id,
+        at=decision.at,
+    )
+    await set_outbound_status(executor, [message_id], MessageStatus.queued)
+    return True
+
+
+async def reject(
+    executor: Executor, workspace_id: uuid.UUID, message_id: uuid.UUID, decision: Decision
+) -> bool:
+    return await _move(
+        executor,
+        message_id,
+        workspace_id,
+        [MessageStatus.pending_approval],
+        MessageStatus.rejected,
+        "rejected",
+        decision,
+        reviewed_by=decision.actor_token_id,
+        review_reason=decision.reason,
+    )
+
+
+async def cancel(
+    executor: Executor, workspace_id: uuid.UUID, message_id: uuid.UUID, decision: Decision
+) -> bool:
+    return await _move(
+        executor,
+        message_id,
+        workspace_id,
+        [MessageStatus.pending_approval, MessageStatus.queued],
+        MessageStatus.cancelled,
+        "cancelled",
+        decision,
+    )
+
+
+async def _move_many(
+    executor: Executor,
+    where: ColumnElement[bool],
+    to: MessageStatus,
+    action: str,
+    decision: Decision,
+    reason: str | None = None,
+) -> list[uuid.UUID]:
+    """A transition for every row matching `where`; returns their ids."""
+    stmt = (
+        update(MESSAGES)
+        .where(where)
+        .values(status=to, updated_at=decision.at)
+        .returning(MESSAGES.c.id, MESSAGES.c.workspace_id)
+    )
+    rows = (await executor.execute(stmt)).all()
+    await record_many(
+        executor,
+        [
+            {
+                "workspace_id": row.workspace_id,
+                "actor_token_id": decision.actor_token_id,
+                "action": action,
+                "message_id": row.id,
+                "reason": reason,
+                "created_at": decision.at,
+            }
+            for row in rows
+        ],
+    )
+    ids = [row.id for row in rows]
+    await set_outbound_status(executor, ids, to)
+    return ids
+
+
+async def expire_due(executor: Executor, now: datetime) -> list[uuid.UUID]:
+    """pending_approval -> expired for every message whose approval window ended."""
+    return await _move_many(
+        executor,
+        and_(
+            MESSAGES.c.status == MessageStatus.pending_approval,
+            MESSAGES.c.expires_at <= now,
+        ),
+        MessageStatus.expired,
+        "expired",
+        Decision(actor_token_id=None, at=now),
+    )
+
+
+async def cancel_for_connection(
+    executor: Executor, connection_id: uuid.UUID, decision: Decision
+) -> list[uuid.UUID]:
+    """A deleted connection: its pending and queued messages are cancelled."""
+    return await _move_many(
+        executor,
+        and_(
+            MESSAGES.c.connection_id == connection_id,
+            MESSAGES.c.status.in_([MessageStatus.pending_approval, MessageStatus.queued]),
+        ),
+        MessageStatus.cancelled,
+        "cancelled",
+        decision,
+        reason="connection deleted",
+    )
+
+
+# -- the dispatcher's transitions ---------------------------------------------------
+
+
+def claimable(now: datetime) -> ColumnElement[bool]:
+    """Due queued messages, and sending ones whose worker's lease ran out."""
+    return or_(
+        and_(MESSAGES.c.status == MessageStatus.queued, MESSAGES.c.next_attempt_at <= now),
+        and_(MESSAGES.c.status == MessageStatus.sending, MESSAGES.c.lease_until < now),
+    )
+
+
+async def claim(
+    connection: AsyncConnection,
+    *,
+    owner: str,
+    now: datetime,
+    lease_until: datetime,
+    limit: int,
+    paused_connections: ColumnElement[bool] | None = None,
+) -> Sequence[Row[Any]]:
+    """queued (or lease-expired sending) -> sending under `owner`'s lease.
+
+    On PostgreSQL the candidates are locked with SKIP LOCKED, so concurrent
+    workers claim disjoint rows without waiting on each other; on SQLite one
+    statement is atomic under the database's single writer lock.
+    """
+    candidates = (
+        select(MESSAGES.c.id)
+        .where(claimable(now))
+        .order_by(MESSAGES.c.next_attempt_at, MESSAGES.c.id)
+        .limit(limit)
+    )
+    if paused_connections is not None:
+        candidates = candidates.where(~paused_connections)
+    if connection.dialect.name == "postgresql":
+        candidates = candidates.with_for_update(skip_locked=True)
+    stmt = (
+        update(MESSAGES)
+        .where(MESSAGES.c.id.in_(candidates.scalar_subquery()), claimable(now))
+        .values(
+            status=MessageStatus.sending,
+            lease_owner=owner,
+            lease_until=lease_until,
+            updated_at=now,
+        )
+        .returning(*MESSAGES.c)
+    )
+    return (await connection.execute(stmt)).all()
+
+
+def _held(message_id: uuid.UUID, owner: str) -> ColumnElement[bool]:
+    return and_(
+        MESSAGES.c.id == message_id,
+        MESSAGES.c.status == MessageStatus.sending,
+        MESSAGES.c.lease_owner == owner,
+    )
+
+
+async def mark_sent(
+    connection: AsyncConnection,
+    message_id: uuid.UUID,
+    owner: str,
+    telegram_message_id: int,
+    at: datetime,
+    **values: Any,
+) -> bool:
+    stmt = (
+        update(MESSAGES)
+        .where(_held(message_id, owner))
+        .values(
+            status=MessageStatus.sent,
+            telegram_message_id=telegram_message_id,
+            sent_at=at,
+            attempts=MESSAGES.c.attempts + 1,
+            last_error=None,
+            lease_owner=None,
+            lease_until=None,
+            updated_at=at,
+            **values,
+        )
+    )
+    return bool((await connection.execute(stmt)).rowcount)
+
+
+async def mark_failed(
+    connection: AsyncConnection, message_id: uuid.UUID, owner: str, error: str, at: datetime
+) -> bool:
+    stmt = (
+        update(MESSAGES)
+        .where(_held(message_id, owner))
+        .values(
+            status=MessageStatus.failed,
+            attempts=MESSAGES.c.attempts + 1,
+            last_error=error,
+            lease_owner=None,
+            lease_until=None,
+            updated_at=at,
+        )
+    )
+    return bool((await connection.execute(stmt)).rowcount)
+
+
+async def defer(
+    connection: AsyncConnection,
+    message_id: uuid.UUID,
+    owner: str,
+    until: datetime,
+    at: datetime,
+    *,
+    attempted: bool,
+    error: str | None = None,
+    **values: Any,
+) -> bool:
+    """sending -> queued, due at `until`; `attempted` counts a failed attempt
+    (5xx, network), not a wait for pacing or Telegram's rate limit."""
+    attempts: Any = MESSAGES.c.attempts + 1 if attempted else MESSAGES.c.attempts
+    stmt = (
+        update(MESSAGES)
+        .where(_held(message_id, owner))
+        .values(
+            status=MessageStatus.queued,
+            next_attempt_at=until,
+            attempts=attempts,
+            last_error=error if error is not None else MESSAGES.c.last_error,
+            lease_owner=None,
+            lease_until=None,
+            updated_at=at,
+            **values,
+        )
+    )
+    return bool((await connection.execute(stmt)).rowcount)
+
+
+async def cancel_unsent_of_deleted_connection(
+    session: AsyncSession, connection_id: uuid.UUID, actor_token_id: uuid.UUID
+) -> None:
+    """The connections domain's delete hook (SPEC section 4: unsent messages are cancelled)."""
+    await cancel_for_connection(
+        session, connection_id, Decision(actor_token_id=actor_token_id, at=utcnow())
+    )
