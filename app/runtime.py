@@ -5,7 +5,8 @@
   writer, the key directory and its cross-replica invalidation listener), and
   what the connections domain needs (`ConnectionCollaborators`).
 - `open_worker_runtime`: the worker. One engine, the Telegram client, the vault,
-  and a publisher of route changes (no ingress pool, no writer, no listener).
+  the pacing limiter, and a publisher of route changes (no ingress pool, no
+  writer, no listener).
 - One-shot commands (`app.cli`) open one engine and nothing else.
 
 Each opens its resources in order and closes them in reverse. Domain modules
@@ -73,6 +74,8 @@ class WorkerRuntime:
     credentials: ConnectionCredentials
     telegram: TelegramClient
     routes: RouteChangePublisher
+    # The outbound pacing limits, shared by every worker through Redis.
+    limiter: RateLimiter
 
 
 def create_redis(url: str, client_name: str | None = None) -> Redis:
@@ -220,6 +223,7 @@ async def open_worker_runtime(
             credentials=ConnectionCredentials(vault),
             telegram=_telegram(stack, settings),
             routes=RouteChangePublisher(redis),
+            limiter=RedisRateLimiter(redis) if redis is not None else LocalRateLimiter(),
         )
 
 

@@ -1,4 +1,5 @@
-"""The worker process (`integrations worker`): long-polling ingestion and housekeeping.
+"""The worker process (`integrations worker`): the outbound dispatcher, long-polling
+ingestion and housekeeping.
 
 `run_worker` opens the runtime and, every `refresh_interval`, reconciles the
 pollers with the database (see `PollerSupervisor`: live polling-mode connections
@@ -30,6 +31,8 @@ from app.ingress.polling import (
     RetryDelays,
     wait_for_event,
 )
+from app.messages.dispatcher import Dispatcher, DispatchSettings
+from app.messages.states import expire_due
 from app.runtime import WorkerRuntime, open_worker_runtime
 from app.vault import Keyring
 
@@ -55,6 +58,7 @@ async def run_worker(
     worker_id: str | None = None,
     retry_delays: RetryDelays | None = None,
     keyring: Keyring | None = None,
+    dispatch: DispatchSettings | None = None,
 ) -> None:
     """Run until `stop` is set (forever without one); see the module docstring.
 
@@ -62,7 +66,8 @@ async def run_worker(
     that plus the Telegram request timeout plus `LEASE_MARGIN_SECONDS`, so it
     covers a whole cycle. `worker_id` names this replica in the lease column
     (default: `default_worker_id()`); `retry_delays` sets the waits after failures;
-    `keyring` is the vault's, when the caller has loaded it already.
+    `keyring` is the vault's, when the caller has loaded it already; `dispatch`
+    tunes the outbound dispatcher (default: from `settings`).
     """
     if refresh_interval <= 0:
         raise ValueError("refresh_interval must be positive")
@@ -81,10 +86,23 @@ async def run_worker(
             lease_seconds=lease_seconds,
             delays=retry_delays or RetryDelays(),
         )
+        dispatcher = Dispatcher(
+            engine=runtime.engine,
+            credentials=runtime.credentials,
+            telegram=runtime.telegram,
+            limiter=runtime.limiter,
+            owner=owner,
+            settings=dispatch or DispatchSettings(max_retries=settings.telegram_max_retries),
+        )
         log.info("worker_started", long_poll_timeout=long_poll_timeout)
+        sending = asyncio.create_task(dispatcher.run(stop), name="outbound-dispatcher")
         try:
             await _serve(runtime, supervisor, stop, refresh_interval)
+            # The dispatcher finishes what it has claimed, then ends with `stop`.
+            await sending
         except BaseException:
+            sending.cancel()
+            await asyncio.wait((sending,))
             await supervisor.abort()
             log.info("worker_aborted")
             raise
@@ -102,10 +120,23 @@ async def _serve(
     next_housekeeping = loop.time()
     while not stop.is_set():
         await _refresh_pollers(supervisor)
+        await _expire_pending(runtime)
         if loop.time() >= next_housekeeping:
             await _housekeeping(runtime)
             next_housekeeping = loop.time() + HOUSEKEEPING_INTERVAL_SECONDS
         await wait_for_event(stop, refresh_interval)
+
+
+async def _expire_pending(runtime: WorkerRuntime) -> None:
+    """Messages left pending past APPROVAL_TTL expire (and are never sent)."""
+    try:
+        async with runtime.engine.begin() as connection:
+            expired = await expire_due(connection, utcnow())
+    except Exception as exc:
+        logger.warning("expiry_failed", error_type=type(exc).__name__)
+        return
+    if expired:
+        logger.info("pending_messages_expired", count=len(expired))
 
 
 async def _refresh_pollers(supervisor: PollerSupervisor) -> None:

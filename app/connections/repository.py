@@ -225,3 +225,42 @@ class PollingLeases:
             .values(status=status, status_hint=hint, updated_at=now)
         )
         return bool((await connection.execute(stmt)).rowcount)
+
+
+# -- the outbound dispatcher's statements -------------------------------------------
+
+
+def not_sending() -> Select[tuple[uuid.UUID]]:
+    """Connections whose queue waits: deleted, or paused since Telegram rejected the token."""
+    return select(CONNECTIONS.c.id).where(
+        or_(CONNECTIONS.c.deleted_at.is_not(None), CONNECTIONS.c.outbound_paused_at.is_not(None))
+    )
+
+
+async def senders(connection: AsyncConnection, ids: set[uuid.UUID]) -> dict[uuid.UUID, Row[Any]]:
+    """What sending through these connections needs: workspace, sealed token, daily limit,
+    and whether they may send now (live and not paused)."""
+    stmt = select(
+        CONNECTIONS.c.id,
+        CONNECTIONS.c.workspace_id,
+        CONNECTIONS.c.bot_token,
+        CONNECTIONS.c.daily_limit,
+        and_(LIVE, CONNECTIONS.c.outbound_paused_at.is_(None)).label("may_send"),
+    ).where(CONNECTIONS.c.id.in_(list(ids)))
+    return {row.id: row for row in await connection.execute(stmt)}
+
+
+async def pause_outbound(
+    connection: AsyncConnection, connection_id: uuid.UUID, hint: str, now: datetime
+) -> None:
+    """Telegram rejected the token on a send: the queue waits, the connection says why."""
+    await connection.execute(
+        update(CONNECTIONS)
+        .where(CONNECTIONS.c.id == connection_id, CONNECTIONS.c.outbound_paused_at.is_(None))
+        .values(
+            outbound_paused_at=now,
+            status=ConnectionStatus.action_required,
+            status_hint=hint,
+            updated_at=now,
+        )
+    )

@@ -376,6 +376,8 @@ class ConnectionService:
             # The new token is valid (getMe said so): keep it even if registering
             # fails below, which leaves the connection action_required with a hint.
             self.credentials.seal_token(connection, token)
+            # A queue paused because Telegram rejected the old token may send again.
+            connection.outbound_paused_at = None
             connection.bot_username, connection.bot_first_name = bot.username, bot.first_name
             connection.updated_at = utcnow()
             await checkpoint(self.session)

@@ -394,3 +394,53 @@ async def _ensure_conversation(
 def conversation_for_chat(connection_id: uuid.UUID, chat_id: int) -> uuid.UUID:
     """The id of a chat's plain conversation (no business connection, topic or thread)."""
     return conversation_id(connection_id, ConversationKey(chat_id=chat_id).encode())
+
+
+async def move_chat(
+    executor: AsyncSession | AsyncConnection,
+    connection_id: uuid.UUID,
+    old_chat_id: int,
+    new_chat_id: int,
+    at: datetime,
+) -> uuid.UUID | None:
+    """A group became a supergroup with a new chat id: its conversation moves there.
+
+    Conversation ids follow from their keys, so the supergroup gets the conversation
+    its own updates will name, and the group's messages move into it. Returns the
+    new conversation's id (None if the group had no conversation here).
+    """
+    old_id = conversation_for_chat(connection_id, old_chat_id)
+    old = (
+        await executor.execute(
+            select(CONVERSATIONS_TABLE).where(CONVERSATIONS_TABLE.c.id == old_id)
+        )
+    ).first()
+    if old is None:
+        return None
+    new_id_ = conversation_for_chat(connection_id, new_chat_id)
+    exists = await executor.execute(
+        select(CONVERSATIONS_TABLE.c.id).where(CONVERSATIONS_TABLE.c.id == new_id_)
+    )
+    if exists.first() is None:
+        await executor.execute(
+            insert(CONVERSATIONS_TABLE).values(
+                id=new_id_,
+                workspace_id=old.workspace_id,
+                connection_id=connection_id,
+                key=ConversationKey(chat_id=new_chat_id).encode(),
+                chat_id=new_chat_id,
+                chat_type="supergroup",
+                title=old.title,
+                business_connection_id=None,
+                thread_id=None,
+                direct_messages_topic_id=None,
+                created_at=old.created_at,
+                last_activity_at=at,
+            )
+        )
+    await executor.execute(
+        update(MESSAGES_TABLE)
+        .where(MESSAGES_TABLE.c.conversation_id == old_id)
+        .values(conversation_id=new_id_)
+    )
+    return new_id_

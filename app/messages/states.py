@@ -345,3 +345,36 @@ async def cancel_unsent_of_deleted_connection(
     await cancel_for_connection(
         session, connection_id, Decision(actor_token_id=actor_token_id, at=utcnow())
     )
+
+
+async def set_conversation(
+    connection: AsyncConnection, message_id: uuid.UUID, conversation_id: uuid.UUID
+) -> None:
+    """A message sent by chat id now has the conversation its chat answered with."""
+    await connection.execute(
+        update(MESSAGES).where(MESSAGES.c.id == message_id).values(conversation_id=conversation_id)
+    )
+
+
+async def move_chat(
+    connection: AsyncConnection,
+    connection_id: uuid.UUID,
+    old_chat_id: int,
+    new_chat_id: int,
+    conversation_id: uuid.UUID | None,
+) -> None:
+    """Every unsent message to a group that became a supergroup goes to its new id."""
+    values: dict[str, Any] = {"chat_id": str(new_chat_id)}
+    if conversation_id is not None:
+        values["conversation_id"] = conversation_id
+    await connection.execute(
+        update(MESSAGES)
+        .where(
+            MESSAGES.c.connection_id == connection_id,
+            MESSAGES.c.chat_id == str(old_chat_id),
+            MESSAGES.c.status.in_(
+                [MessageStatus.pending_approval, MessageStatus.queued, MessageStatus.sending]
+            ),
+        )
+        .values(**values)
+    )

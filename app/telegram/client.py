@@ -208,12 +208,18 @@ class TelegramClient:
             response = await self._http.post(url, json=body, timeout=timeout)
         except httpx.TimeoutException as exc:
             failure = TelegramNetworkError(
-                method, f"timed out ({type(exc).__name__})", timeout=True
+                method,
+                f"timed out ({type(exc).__name__})",
+                timeout=True,
+                maybe_delivered=not isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout),
             )
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
             # The httpx message embeds the URL (and so the token): keep only its type.
             failure = TelegramNetworkError(
-                method, f"transport error ({type(exc).__name__})", timeout=False
+                method,
+                f"transport error ({type(exc).__name__})",
+                timeout=False,
+                maybe_delivered=not isinstance(exc, httpx.ConnectError | httpx.InvalidURL),
             )
         else:
             status = response.status_code

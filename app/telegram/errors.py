@@ -173,9 +173,15 @@ class TelegramNetworkError(TelegramError):
     outcome = "network_error"
     retryable = True
 
-    def __init__(self, method: str, description: str, *, timeout: bool) -> None:
+    def __init__(
+        self, method: str, description: str, *, timeout: bool, maybe_delivered: bool = True
+    ) -> None:
         super().__init__(method, None, description)
         self.timeout = timeout
+        # False only when the request cannot have reached Telegram (the connection
+        # was never made): then a retry cannot repeat the call's effect. True means
+        # the answer was lost: Telegram may have acted on it.
+        self.maybe_delivered = maybe_delivered
 
 
 _BY_CODE: dict[int, type[TelegramError]] = {

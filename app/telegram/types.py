@@ -148,12 +148,26 @@ class SentMessage:
     message_id: int
     chat_id: int
     date: int
+    chat_type: str = "private"
+    chat_title: str | None = None
 
     @classmethod
     def from_api(cls, data: Mapping[str, Any]) -> SentMessage:
         chat = _field(data, "chat", dict, required=True)
+        names = " ".join(
+            part
+            for part in (
+                _field(chat, "first_name", str, required=False),
+                _field(chat, "last_name", str, required=False),
+            )
+            if part
+        )
         return cls(
             message_id=_field(data, "message_id", int, required=True),
             chat_id=_field(chat, "id", int, required=True),
             date=_field(data, "date", int, required=True),
+            chat_type=_field(chat, "type", str, required=False) or "private",
+            chat_title=_field(chat, "title", str, required=False)
+            or names
+            or _field(chat, "username", str, required=False),
         )
