@@ -168,8 +168,9 @@ class Dispatcher:
     ) -> None:
         log = self._log.bind(message_id=str(row.id), connection_id=str(row.connection_id))
         if target is None or not target.may_send or target.bot_token is None:
-            # Paused or deleted since the claim: back in the queue, untouched.
-            await self._defer(row, 60.0, attempted=False)
+            # Paused or deleted since the claim: back in the queue, untouched (the
+            # claim skips a paused connection's messages until it sends again).
+            await self._defer(row, 1.0, attempted=False)
             return
         if sent_today.get(row.connection_id, 0) >= target.daily_limit:
             await self._defer(row, _seconds_to_midnight(self._clock()), attempted=False)
@@ -223,7 +224,8 @@ class Dispatcher:
                 await pause_outbound(
                     connection, row.connection_id, UNAUTHORIZED_HINT, self._clock()
                 )
-            await self._defer(row, 60.0, attempted=False, error=exc.description)
+            # Claimed again only once the token is replaced (the pause is lifted).
+            await self._defer(row, 1.0, attempted=False, error=exc.description)
         elif isinstance(exc, TelegramBadRequest | TelegramForbidden | TelegramNotFound):
             await self._fail(row, exc.description)
         else:

@@ -27,7 +27,7 @@ from app.auth.models import Role
 from app.auth.service import AuthContext
 from app.connections.models import ApprovalMode, TelegramConnection
 from app.connections.repository import ConnectionRepository
-from app.db import new_id, utcnow
+from app.db import checkpoint, new_id, utcnow
 from app.errors import Forbidden, NotFound, ValidationFailed
 from app.inbox.recording import conversation_for_chat, record_outbound
 from app.inbox.repository import InboxRepository
@@ -235,7 +235,10 @@ class MessageService:
         message = await self._decidable(message_id)
         now = utcnow()
         if message.expires_at is not None and message.expires_at <= now:
+            # Recorded now (the refusal below rolls the request back), not left for
+            # the worker's next expiry pass.
             await states.expire_due(self.session, now)
+            await checkpoint(self.session)
             raise NotPending("The message expired before it was approved; its status is expired.")
         decided = states.Decision(actor_token_id=self.auth.token_id, at=now)
         if not await states.approve(self.session, self.auth.workspace_id, message_id, decided):

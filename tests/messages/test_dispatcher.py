@@ -1,0 +1,368 @@
+"""The outbound dispatcher against real PostgreSQL, Redis and the Bot API double."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from typing import Any
+
+import httpx
+import pytest
+from redis.asyncio import Redis
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from app.auth.models import Role
+from app.config import Settings
+from app.connections.credentials import ConnectionCredentials
+from app.messages.dispatcher import Dispatcher, DispatchSettings
+from app.messages.models import MessageStatus, OutboundMessage
+from app.ratelimit import RedisRateLimiter
+from app.telegram.client import TelegramClient
+from app.vault import Vault, parse_keyring
+from tests.conftest import TEST_VAULT_KEYS, WorkspaceFixture
+from tests.connections.helpers import connect_bot
+from tests.telegram_double.double import TelegramDouble
+from tests.telegram_double.state import FakeBot
+from tests.waiting import eventually
+
+SEND = "/api/v1/messages"
+FAST = DispatchSettings(max_retries=2, idle_wait=0.05, backoff_base=0.01, backoff_cap=0.05)
+
+
+@contextlib.asynccontextmanager
+async def dispatching(
+    engine: AsyncEngine,
+    settings: Settings,
+    redis: Redis,
+    *,
+    workers: int = 1,
+    options: DispatchSettings = FAST,
+) -> AsyncIterator[list[Dispatcher]]:
+    """`workers` dispatchers (distinct owners, as replicas are) until the block ends."""
+    stop = asyncio.Event()
+    async with httpx.AsyncClient() as http:
+        telegram = TelegramClient(http, settings.telegram_api_base, request_timeout=5)
+        dispatchers = [
+            Dispatcher(
+                engine=engine,
+                credentials=ConnectionCredentials(Vault(parse_keyring(TEST_VAULT_KEYS))),
+                telegram=telegram,
+                limiter=RedisRateLimiter(redis, prefix=f"test-{uuid.uuid4().hex[:6]}"),
+                owner=f"worker-{n}",
+                settings=options,
+            )
+            for n in range(workers)
+        ]
+        tasks = [asyncio.create_task(d.run(stop)) for d in dispatchers]
+        try:
+            yield dispatchers
+        finally:
+            stop.set()
+            await asyncio.wait_for(asyncio.gather(*tasks), 30)
+
+
+async def connect(
+    client: httpx.AsyncClient,
+    workspace: WorkspaceFixture,
+    double: TelegramDouble,
+    *,
+    approval: str = "none",
+) -> tuple[FakeBot, str]:
+    bot, body = await connect_bot(client, workspace, double)
+    patched = await client.patch(
+        f"/api/v1/connections/{body['id']}",
+        json={"approval_mode": approval},
+        headers=workspace.headers(),
+    )
+    assert patched.status_code == 200
+    return bot, str(body["id"])
+
+
+async def request(
+    client: httpx.AsyncClient, workspace: WorkspaceFixture, connection_id: str, **body: Any
+) -> dict[str, Any]:
+    response = await client.post(
+        SEND, json={"connection_id": connection_id, **body}, headers=workspace.headers()
+    )
+    assert response.status_code == 202, response.text
+    message: dict[str, Any] = response.json()
+    return message
+
+
+async def status_of(
+    client: httpx.AsyncClient, workspace: WorkspaceFixture, message_id: str
+) -> dict[str, Any]:
+    response = await client.get(f"{SEND}/{message_id}", headers=workspace.headers())
+    message: dict[str, Any] = response.json()
+    return message
+
+
+async def reaches(
+    client: httpx.AsyncClient, workspace: WorkspaceFixture, message_id: str, status: str
+) -> dict[str, Any]:
+    async def check() -> dict[str, Any] | None:
+        message = await status_of(client, workspace, message_id)
+        return message if message["status"] == status else None
+
+    found: dict[str, Any] = await eventually(check, f"message {message_id} to be {status}")
+    return found
+
+
+async def test_an_approved_message_is_sent_once_and_shows_in_its_conversation(
+    app_client: httpx.AsyncClient,
+    workspace: WorkspaceFixture,
+    telegram_double: TelegramDouble,
+    db_engine: AsyncEngine,
+    settings: Settings,
+    redis_client: Redis,
+) -> None:
+    bot, connection_id = await connect(app_client, workspace, telegram_double, approval="required")
+    text = "<b>Your order</b> ships today &amp; arrives Friday"
+    message = await request(
+        app_client, workspace, connection_id, chat_id=501, text=text, parse_mode="HTML"
+    )
+    _, reviewer = await workspace.token(Role.reviewer)
+    async with dispatching(db_engine, settings, redis_client):
+        await asyncio.sleep(0)  # the dispatcher runs, and must find nothing to send
+        assert telegram_double.sent_messages(bot) == []
+        approved = await app_client.post(
+            f"{SEND}/{message['id']}/approve", headers=workspace.headers(reviewer)
+        )
+        assert approved.status_code == 200
+        sent = await reaches(app_client, workspace, message["id"], "sent")
+    [record] = telegram_double.sent_messages(bot)
+    assert record.text == text and record.chat_id == 501
+    assert record.params["parse_mode"] == "HTML"
+    assert sent["telegram_message_id"] == record.message_id
+    assert sent["attempts"] == 1 and sent["sent_at"] is not None
+
+    conversations = (
+        await app_client.get("/api/v1/conversations", headers=workspace.headers())
+    ).json()["items"]
+    [conversation] = [c for c in conversations if c["chat_id"] == 501]
+    inbox = (
+        await app_client.get(
+            f"/api/v1/conversations/{conversation['id']}/messages", headers=workspace.headers()
+        )
+    ).json()["items"]
+    assert [(m["direction"], m["status"], m["telegram_message_id"]) for m in inbox] == [
+        ("outbound", "sent", record.message_id)
+    ]
+    audit = (
+        await app_client.get(
+            "/api/v1/audit", params={"message_id": message["id"]}, headers=workspace.headers()
+        )
+    ).json()["items"]
+    assert [e["action"] for e in audit] == ["sent", "approved", "requested"]
+
+
+async def test_rejected_cancelled_and_expired_messages_are_never_sent(
+    app_client: httpx.AsyncClient,
+    workspace: WorkspaceFixture,
+    telegram_double: TelegramDouble,
+    db_engine: AsyncEngine,
+    db_session_factory: async_sessionmaker[AsyncSession],
+    settings: Settings,
+    redis_client: Redis,
+) -> None:
+    bot, connection_id = await connect(app_client, workspace, telegram_double, approval="required")
+    _, reviewer = await workspace.token(Role.reviewer)
+    rejected = await request(app_client, workspace, connection_id, chat_id=5, text="a")
+    cancelled = await request(app_client, workspace, connection_id, chat_id=6, text="b")
+    expired = await request(app_client, workspace, connection_id, chat_id=7, text="c")
+    await app_client.post(
+        f"{SEND}/{rejected['id']}/reject",
+        json={"reason": "no"},
+        headers=workspace.headers(reviewer),
+    )
+    await app_client.post(f"{SEND}/{cancelled['id']}/cancel", headers=workspace.headers())
+    async with db_session_factory() as session:
+        # Its approval window ended: approving it now is refused.
+        await session.execute(
+            update(OutboundMessage)
+            .where(OutboundMessage.id == uuid.UUID(expired["id"]))
+            .values(expires_at=OutboundMessage.created_at)
+        )
+        await session.commit()
+    late = await app_client.post(
+        f"{SEND}/{expired['id']}/approve", headers=workspace.headers(reviewer)
+    )
+    assert late.status_code == 409 and "expired" in late.json()["error"]["message"]
+    async with dispatching(db_engine, settings, redis_client) as [dispatcher]:
+        assert await dispatcher.dispatch_once() == 0
+    assert telegram_double.sent_messages(bot) == []
+    statuses = {
+        m: (await status_of(app_client, workspace, m))["status"]
+        for m in (rejected["id"], cancelled["id"], expired["id"])
+    }
+    assert statuses == {
+        rejected["id"]: "rejected",
+        cancelled["id"]: "cancelled",
+        expired["id"]: "expired",
+    }
+
+
+async def test_a_429_waits_retry_after_without_spending_an_attempt(
+    app_client: httpx.AsyncClient,
+    workspace: WorkspaceFixture,
+    telegram_double: TelegramDouble,
+    db_engine: AsyncEngine,
+    settings: Settings,
+    redis_client: Redis,
+) -> None:
+    bot, connection_id = await connect(app_client, workspace, telegram_double)
+    telegram_double.fail_next("sendMessage", status=429, retry_after=2, bot=bot)
+    message = await request(app_client, workspace, connection_id, chat_id=501, text="later")
+    async with dispatching(db_engine, settings, redis_client):
+        waiting = await reaches(app_client, workspace, message["id"], "queued")
+        assert waiting["attempts"] == 0
+        assert "retry after 2" in (waiting["last_error"] or "")
+        sent = await reaches(app_client, workspace, message["id"], "sent")
+    calls = telegram_double.calls_for("sendMessage", bot=bot)
+    assert [c.status for c in calls] == [429, 200]
+    assert calls[1].at - calls[0].at >= 2.0
+    assert sent["attempts"] == 1
+
+
+async def test_a_blocked_chat_fails_at_once_with_telegrams_description(
+    app_client: httpx.AsyncClient,
+    workspace: WorkspaceFixture,
+    telegram_double: TelegramDouble,
+    db_engine: AsyncEngine,
+    settings: Settings,
+    redis_client: Redis,
+) -> None:
+    bot, connection_id = await connect(app_client, workspace, telegram_double)
+    telegram_double.set_chat(bot, 501, "blocked")
+    message = await request(app_client, workspace, connection_id, chat_id=501, text="hello")
+    other = await request(app_client, workspace, connection_id, chat_id=502, text="hello")
+    async with dispatching(db_engine, settings, redis_client):
+        failed = await reaches(app_client, workspace, message["id"], "failed")
+        await reaches(app_client, workspace, other["id"], "sent")
+    assert failed["last_error"] == "Forbidden: bot was blocked by the user"
+    assert len(telegram_double.calls_for("sendMessage", bot=bot)) == 2
+
+
+async def test_server_errors_are_retried_then_the_message_fails(
+    app_client: httpx.AsyncClient,
+    workspace: WorkspaceFixture,
+    telegram_double: TelegramDouble,
+    db_engine: AsyncEngine,
+    settings: Settings,
+    redis_client: Redis,
+) -> None:
+    bot, connection_id = await connect(app_client, workspace, telegram_double)
+    telegram_double.fail_next("sendMessage", status=502, times=3, bot=bot)
+    message = await request(app_client, workspace, connection_id, chat_id=501, text="x")
+    async with dispatching(db_engine, settings, redis_client):
+        failed = await reaches(app_client, workspace, message["id"], "failed")
+    # FAST allows 2 retries: three attempts in all, each a 5xx.
+    assert [c.status for c in telegram_double.calls_for("sendMessage", bot=bot)] == [502] * 3
+    assert failed["attempts"] == 3
+
+
+async def test_a_migrated_group_is_sent_to_its_supergroup_and_its_conversation_moves(
+    app_client: httpx.AsyncClient,
+    workspace: WorkspaceFixture,
+    telegram_double: TelegramDouble,
+    db_engine: AsyncEngine,
+    settings: Settings,
+    redis_client: Redis,
+) -> None:
+    bot, connection_id = await connect(app_client, workspace, telegram_double)
+    telegram_double.set_chat(bot, -4001, "migrated", migrate_to_chat_id=-1004001)
+    message = await request(app_client, workspace, connection_id, chat_id=-4001, text="moved")
+    async with dispatching(db_engine, settings, redis_client):
+        sent = await reaches(app_client, workspace, message["id"], "sent")
+    assert sent["chat_id"] == -1004001
+    assert [r.chat_id for r in telegram_double.sent_messages(bot)] == [-1004001]
+    conversations = (
+        await app_client.get("/api/v1/conversations", headers=workspace.headers())
+    ).json()["items"]
+    assert [c["chat_id"] for c in conversations] == [-1004001]
+
+
+async def test_a_rejected_token_pauses_the_queue_until_the_token_is_replaced(
+    app_client: httpx.AsyncClient,
+    workspace: WorkspaceFixture,
+    telegram_double: TelegramDouble,
+    db_engine: AsyncEngine,
+    settings: Settings,
+    redis_client: Redis,
+) -> None:
+    bot, connection_id = await connect(app_client, workspace, telegram_double)
+    telegram_double.enforce_set_webhook_rate_limit = False
+    assert bot.token is not None
+    telegram_double.revoke_token(bot.token)
+    message = await request(app_client, workspace, connection_id, chat_id=501, text="x")
+    async with dispatching(db_engine, settings, redis_client):
+
+        async def paused() -> bool:
+            body = (
+                await app_client.get(
+                    f"/api/v1/connections/{connection_id}", headers=workspace.headers()
+                )
+            ).json()
+            return bool(body["status"] == "action_required")
+
+        await eventually(paused, "the connection to ask for a new token")
+        waiting = await status_of(app_client, workspace, message["id"])
+        assert waiting["status"] == "queued" and waiting["attempts"] == 0
+
+        new_token = telegram_double.rotate_token(bot)
+        replaced = await app_client.put(
+            f"/api/v1/connections/{connection_id}/token",
+            json={"bot_token": new_token},
+            headers=workspace.headers(),
+        )
+        assert replaced.status_code == 200, replaced.text
+        sent = await reaches(app_client, workspace, message["id"], "sent")
+    assert sent["telegram_message_id"] == telegram_double.sent_messages(bot)[0].message_id
+
+
+async def test_four_dispatchers_send_each_of_500_messages_exactly_once(
+    app_client: httpx.AsyncClient,
+    workspace: WorkspaceFixture,
+    telegram_double: TelegramDouble,
+    db_engine: AsyncEngine,
+    db_session_factory: async_sessionmaker[AsyncSession],
+    settings: Settings,
+    redis_client: Redis,
+) -> None:
+    bots = [await connect(app_client, workspace, telegram_double) for _ in range(5)]
+    for n in range(500):
+        _, connection_id = bots[n % 5]
+        await request(app_client, workspace, connection_id, chat_id=1000 + n, text=f"m{n}")
+
+    async def all_sent() -> bool:
+        async with db_session_factory() as session:
+            statuses = (await session.execute(select(OutboundMessage.status))).scalars().all()
+        return all(s == MessageStatus.sent for s in statuses)
+
+    options = replace(FAST, batch_size=40)
+    async with dispatching(db_engine, settings, redis_client, workers=4, options=options):
+        await eventually(all_sent, "every message to be sent", limit=120)
+    texts = [r.text for bot, _ in bots for r in telegram_double.sent_messages(bot)]
+    assert sorted(texts) == sorted(f"m{n}" for n in range(500))
+
+
+@pytest.mark.parametrize("approval", ["none"])
+async def test_a_connection_without_approval_sends_at_once(
+    app_client: httpx.AsyncClient,
+    workspace: WorkspaceFixture,
+    telegram_double: TelegramDouble,
+    db_engine: AsyncEngine,
+    settings: Settings,
+    redis_client: Redis,
+    approval: str,
+) -> None:
+    bot, connection_id = await connect(app_client, workspace, telegram_double, approval=approval)
+    message = await request(app_client, workspace, connection_id, chat_id=501, text="now")
+    assert message["status"] == "queued"
+    async with dispatching(db_engine, settings, redis_client):
+        await reaches(app_client, workspace, message["id"], "sent")
+    assert [r.text for r in telegram_double.sent_messages(bot)] == ["now"]
