@@ -61,9 +61,12 @@ UPDATES_DIR = ROOT / "tests" / "data" / "telegram" / "updates"
 WRK_SCRIPT = BENCH_DIR / "wrk_updates.lua"
 WEBHOOK_PATH = "/api/v1/integrations/telegram/webhook"
 
-HANDLERS = ("ours", "bare", "aiogram")
+HANDLERS = ("ours", "base", "bare", "aiogram")
+# Handlers that are this service (from this tree, or --baseline's): each has a database.
+SERVICES = ("ours", "base")
 DESCRIPTIONS = {
     "ours": "app.main:create_app: secret check, Redis limits, group-commit storage",
+    "base": "ours as of --baseline DIR (the same set-up, a database of its own)",
     "bare": "bare FastAPI endpoint: reads the body, returns {}",
     "aiogram": "aiogram SimpleRequestHandler on aiohttp: secret check, Update model, no storage",
 }
@@ -582,6 +585,7 @@ class Server:
     log: Path
     secret: str
     key: str
+    cwd: Path = ROOT
     proc: subprocess.Popen[Any] | None = None
 
     @property
@@ -592,7 +596,7 @@ class Server:
         started = time.monotonic()
         with self.log.open("wb") as log:
             self.proc = spawn(
-                self.argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT
+                self.argv, cwd=self.cwd, env=self.env, stdout=log, stderr=subprocess.STDOUT
             )
         while time.monotonic() - started < timeout:
             if self.proc.poll() is not None:
@@ -635,6 +639,7 @@ def build_server(
     *,
     aiogram_background: bool,
     service_log_level: str,
+    baseline: Path | None = None,
 ) -> Server:
     port = free_port()
     # A clean environment for the child: none of the caller's own service settings.
@@ -642,8 +647,13 @@ def build_server(
 
     ours = {name.upper() for name in Settings.model_fields}
     env = {k: v for k, v in os.environ.items() if k.upper() not in ours}
-    if name == "ours":
+    cwd = ROOT
+    if name in SERVICES:
         assert fixture is not None
+        if name == "base":
+            # `python -m app` imports the package from its working directory first.
+            assert baseline is not None
+            cwd = baseline
         env.update(service_settings(fixture, port, service_log_level))
         # The production command: one uvicorn process, uvloop and httptools.
         argv = [sys.executable, "-m", "app", "serve", "--host", "127.0.0.1", "--port", str(port)]
@@ -665,6 +675,7 @@ def build_server(
         log=workdir / f"{name}.log",
         secret=secret,
         key=key,
+        cwd=cwd,
     )
 
 
@@ -969,6 +980,7 @@ def bench_handler(
         workdir,
         aiogram_background=args.aiogram_background,
         service_log_level=args.service_log_level,
+        baseline=args.baseline,
     )
     say(f"{tag} {DESCRIPTIONS[name]}")
     problems: list[str] = []
@@ -1069,14 +1081,14 @@ def bench_handler(
             if profile_out is not None and profile_out.exists():
                 summarize_profile(profile_out)
 
-        if name == "ours":
+        if name in SERVICES:
             assert fixture is not None
             say(f"{tag} checking the database ...")
             lost = asyncio.run(_verify(fixture, phases))
             if lost:
                 for problem in lost:
                     say(f"{tag} PROBLEM: {problem}")
-                raise BenchError("ours lost or duplicated updates: " + "; ".join(lost))
+                raise BenchError(f"{name} lost or duplicated updates: " + "; ".join(lost))
             say(f"{tag} database check passed: every acknowledged update is stored, once")
         return HandlerResult(name, result, server_cpu, loadgen_cpu, busy), problems
     finally:
@@ -1180,7 +1192,7 @@ def print_summary(rounds: Sequence[dict[str, HandlerResult]]) -> None:
             f"  {name:<9} {_median(rates):>6.0f} updates/s [{min(rates):.0f}-{max(rates):.0f}], "
             f"p99 {_median(p99s):.1f} ms [{min(p99s):.1f}-{max(p99s):.1f}]"
         )
-        for reference in ("aiogram", "bare"):
+        for reference in ("base", "aiogram", "bare"):
             ratios = _ratios(rounds, name, reference) if name != reference else []
             if ratios:
                 line += (
@@ -1253,6 +1265,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="LOG_LEVEL of ours (default WARNING: its access log off; INFO logs every request)",
     )
     parser.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="DIR",
+        help="also run ours from this checkout (e.g. `git worktree add DIR main`), as `base`",
+    )
+    parser.add_argument(
         "--profile",
         type=Path,
         metavar="DIR",
@@ -1269,6 +1287,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="Redis URL with a spare DB index; that index is flushed",
     )
     args = parser.parse_args(argv)
+    if args.baseline is not None:
+        args.baseline = args.baseline.resolve()
+        if not (args.baseline / "app" / "__main__.py").is_file():
+            parser.error(f"--baseline {args.baseline}: not a checkout of this service")
     if (
         args.duration < 1
         or args.warmup < 0
@@ -1296,10 +1318,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, _interrupt)
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
-    selected = [name for name in HANDLERS if args.only is None or name in args.only]
+    selected = [
+        name
+        for name in HANDLERS
+        if (args.only is None or name in args.only) and (name != "base" or args.baseline)
+    ]
     rounds: list[dict[str, HandlerResult]] = []
-    ours_phases: list[PhaseCount] = []
-    fixture: Fixture | None = None
+    histories: dict[str, list[PhaseCount]] = {name: [] for name in SERVICES}
+    fixtures: dict[str, Fixture] = {}
     problems: list[str] = []
     exit_code = 0
     workdir = Path(tempfile.mkdtemp(prefix="bench_ingress_"))
@@ -1327,21 +1353,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         templates = workdir / "templates.txt"
         templates.write_text("".join(p.template + "\n" for p in payloads), encoding="utf-8")
 
-        if "ours" in selected:
-            fixture = new_fixture(args.admin_database_url, args.redis_url)
-            say(f"Database: creating and migrating {fixture.database} ...")
+        for service in SERVICES:
+            if service not in selected:
+                continue
+            fixture = fixtures[service] = new_fixture(args.admin_database_url, args.redis_url)
+            say(f"Database ({service}): creating and migrating {fixture.database} ...")
             prepare_fixture(fixture)
             say(
                 f"  workspace and one webhook connection created (vault-sealed token, "
                 f"secret and key); Redis {args.redis_url} flushed"
             )
+        if fixtures:
             say(
                 f"  rate limits raised so they do not interfere: "
                 f"INGRESS_UPDATES_PER_SECOND={UPDATES_PER_SECOND}, "
                 f"INGRESS_UPDATES_BURST={UPDATES_BURST}"
             )
             say(
-                f"  ours runs with LOG_LEVEL={args.service_log_level.upper()}"
+                f"  {' and '.join(fixtures)} run with LOG_LEVEL={args.service_log_level.upper()}"
                 + (
                     " (its logging setup would re-enable uvicorn's access log at INFO)"
                     if args.service_log_level.upper() != "INFO"
@@ -1361,10 +1390,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     templates=templates,
                     loadgen=loadgen,
                     cpus=cpus,
-                    fixture=fixture,
+                    fixture=fixtures.get(name),
                     workdir=workdir,
                     round_index=round_index,
-                    history=ours_phases if name == "ours" else None,
+                    history=histories.get(name),
                 )
                 results[name] = result
                 problems += found
@@ -1383,7 +1412,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         stop_all()
-        if fixture is not None:
+        for fixture in fixtures.values():
             created = fixture.created
             try:
                 drop_fixture(fixture)
