@@ -19,7 +19,7 @@ fragments:
 The fragments read `new_updates` (only the updates inserted now), so a duplicate's
 records are never written, and nothing is written unless all of it is: a single
 statement is atomic without a transaction around it, which saves the BEGIN and
-COMMIT round trips (the group commit runs it in autocommit mode; inside a
+COMMIT round trips (the group commit runs it outside any transaction; inside a
 caller's transaction it is one statement of that transaction).
 
 Rows are dicts keyed by column name; both return the (connection, update_id) pairs
@@ -28,6 +28,7 @@ actually inserted.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from sqlalchemy import Table
@@ -96,14 +97,33 @@ class PostgresStatements:
         self._connection = connection
 
     async def insert_updates(self, rows: list[dict[str, Any]]) -> set[UpdateKey]:
-        result = await self._connection.exec_driver_sql(_INSERT_UPDATES, _columns(rows))
-        return {(row[0], row[1]) for row in result}
+        return _keys(await self._fetch(_INSERT_UPDATES, _columns(rows)))
 
     async def store(self, rows: list[dict[str, Any]], records: InboundRecords) -> set[UpdateKey]:
-        result = await self._connection.exec_driver_sql(
-            _STORE, (*_columns(rows), *inbound_arguments(records))
-        )
-        return {(row[0], row[1]) for row in result}
+        return _keys(await self._fetch(_STORE, (*_columns(rows), *inbound_arguments(records))))
+
+    async def _fetch(self, sql: str, arguments: tuple[Any, ...]) -> Sequence[Sequence[Any]]:
+        if self._connection.in_transaction():
+            return list(await self._connection.exec_driver_sql(sql, arguments))
+        # Outside a transaction (the group commit) the statement is its own
+        # transaction, so it goes straight to the driver: no BEGIN or COMMIT, and
+        # none of SQLAlchemy's per-call work (greenlet, cursor), which costs more
+        # than building the batch. asyncpg's own cache prepares it once per
+        # connection. SQLAlchemy does not see the call, so a connection that
+        # broke is invalidated here, or the pool would hand it out again.
+        driver = (await self._connection.get_raw_connection()).driver_connection
+        assert driver is not None  # a checked-out connection has its driver's
+        try:
+            rows: Sequence[Sequence[Any]] = await driver.fetch(sql, *arguments)
+        except BaseException:
+            if driver.is_closed():
+                await self._connection.invalidate()
+            raise
+        return rows
+
+
+def _keys(rows: Sequence[Sequence[Any]]) -> set[UpdateKey]:
+    return {(row[0], row[1]) for row in rows}
 
 
 # -- Portable (SQLite): SQLAlchemy's dialect insert ----------------------------------

@@ -160,7 +160,7 @@ class UpdateWriter:
         self,
         engine: AsyncEngine,
         *,
-        writers: int = 2,
+        writers: int = 1,
         max_batch: int = 256,
         max_queued: int = 5000,
         submit_timeout: float = 10.0,
@@ -174,16 +174,14 @@ class UpdateWriter:
         # later anyway, Telegram's redelivery is a harmless duplicate.
         self._submit_timeout = submit_timeout
         self._max_batch = max_batch
-        # SQLite has one writer at a time; more tasks would only queue on its lock.
+        # One writer by default: while its batch is in flight the next one
+        # gathers; a second writer would take the first update that arrives and
+        # send it alone, halving the batches and doubling what each update costs
+        # (measured: bench/README.md). SQLite has one writer at a time anyway.
         self._writers = 1 if engine.dialect.name == "sqlite" else max(1, writers)
         self._tasks: list[asyncio.Task[None]] = []
         self._accepting = False
         self._recent = RecentlyWritten()
-        self._autocommit = (
-            engine.execution_options(isolation_level="AUTOCOMMIT")
-            if engine.dialect.name == "postgresql"
-            else None
-        )
 
     def start(self) -> None:
         if not self._tasks:
@@ -268,11 +266,11 @@ class UpdateWriter:
         return outcomes
 
     def _connect(self) -> AbstractAsyncContextManager[AsyncConnection]:
-        # PostgreSQL stores a batch with one statement, atomic on its own: in
-        # autocommit mode it is its own transaction, without a BEGIN and a COMMIT
-        # round trip around it (two of the three a batch would otherwise cost).
-        if self._autocommit is not None:
-            return self._autocommit.connect()
+        # PostgreSQL stores a batch with one statement, atomic on its own: outside
+        # a transaction it is its own, without a BEGIN and a COMMIT round trip
+        # around it (two of the three a batch would otherwise cost).
+        if self._engine.dialect.name == "postgresql":
+            return self._engine.connect()
         return self._engine.begin()
 
     def _fail(self, batch: list[_Pending], exc: BaseException) -> None:
@@ -298,9 +296,14 @@ def is_data_error(exc: BaseException) -> bool:
     """
     if isinstance(exc, DataError | IntegrityError):
         return True
+    # The group commit's statement reaches the driver directly: its errors come
+    # as the driver raised them, with the SQLSTATE on the exception itself.
+    cause = exc.orig if isinstance(exc, DBAPIError) else exc
+    code = getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)
+    if isinstance(code, str):
+        return code[:2] in ("22", "23")
     if isinstance(exc, DBAPIError):
-        code = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
-        return isinstance(code, str) and code[:2] in ("22", "23")
+        return False
     return isinstance(exc, ValueError | TypeError | OverflowError)
 
 
