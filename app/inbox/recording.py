@@ -26,7 +26,6 @@ from typing import Any, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.db import new_id
 from app.inbox.statements import (
     ACTIVITY_REFRESH_SECONDS,
     CONTACT_FIELDS,
@@ -293,8 +292,9 @@ def _message_rows(items: Sequence[ReceivedUpdate]) -> list[Candidate]:
         edited_at = None
         if message.edited:
             edited_at = _timestamp(message.edit_date, item.received_at)
+        # No id: each backend draws one for the rows it inserts (see
+        # app.inbox.statements), so a candidate that loses costs no uuid4().
         row = {
-            "id": new_id(),
             "workspace_id": item.workspace_id,
             "connection_id": item.connection_id,
             "conversation_id": conversation,

@@ -160,8 +160,9 @@ _CONVERSATION_CONFLICT = """ON CONFLICT (connection_id, key) DO UPDATE SET
           IS DISTINCT FROM (excluded.title, excluded.chat_type)
        OR conversations.last_activity_at < excluded.last_activity_at - {refresh}::interval"""
 
+# Without `id`: PostgreSQL draws it for the rows inserted (gen_random_uuid), the
+# model's default on SQLite.
 MESSAGE_COLUMNS = (
-    "id",
     "workspace_id",
     "connection_id",
     "conversation_id",
@@ -175,7 +176,6 @@ MESSAGE_COLUMNS = (
     "received_at",
 )
 _MESSAGE_TYPES = (
-    "uuid",
     "uuid",
     "uuid",
     "uuid",
@@ -208,6 +208,7 @@ class _Table:
     key: tuple[str, ...]  # the conflict key: one candidate per key is written
     conflict: str
     cached: bool  # candidates carry `fresh` (the process's write cache)
+    drawn_id: bool = False  # `id` is not a column of the candidates: drawn here
 
     @property
     def arrays(self) -> int:
@@ -241,6 +242,7 @@ _TABLES = (
         MESSAGE_KEY,
         _MESSAGE_CONFLICT,
         cached=False,
+        drawn_id=True,
     ),
 )
 
@@ -257,9 +259,14 @@ def _fragment(table: _Table, source: str, first: int, refresh: str) -> str:
     # DISTINCT ON keeps the last candidate per key among the new updates' (the
     # join drops those of duplicates), so ON CONFLICT never meets a row twice.
     # Built once, at import, from this module's constants: no value is in the text.
+    target, chosen = (
+        (f"id, {columns}", f"gen_random_uuid(), {columns}")
+        if table.drawn_id
+        else (columns, columns)
+    )
     return f"""{table.cte} AS (
-    INSERT INTO {table.name} ({columns})
-    SELECT {columns} FROM (
+    INSERT INTO {table.name} ({target})
+    SELECT {chosen} FROM (
         SELECT DISTINCT ON ({key}) c.*
         FROM unnest({arrays}) WITH ORDINALITY AS c({names})
         JOIN {source} AS n ON n.connection_id = c.connection_id AND n.update_id = c.update_id

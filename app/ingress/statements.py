@@ -62,8 +62,10 @@ def statements_for(connection: AsyncConnection) -> Statements:
 
 # -- PostgreSQL: fixed text, arrays through unnest ------------------------------------
 
+# Without `id`: PostgreSQL draws it (gen_random_uuid, as random as uuid4), which
+# spares the process a uuid4() and an encoded UUID per update; on SQLite the
+# model's default does.
 _UPDATE_COLUMNS = (
-    "id",
     "workspace_id",
     "connection_id",
     "update_id",
@@ -75,9 +77,9 @@ _UPDATE_COLUMNS = (
 _INSERT_UPDATES = """
 INSERT INTO telegram_updates
     (id, workspace_id, connection_id, update_id, kind, source, payload, received_at)
-SELECT * FROM unnest(
-    $1::uuid[], $2::uuid[], $3::uuid[], $4::bigint[], $5::varchar[], $6::varchar[],
-    $7::text[], $8::timestamptz[])
+SELECT gen_random_uuid(), * FROM unnest(
+    $1::uuid[], $2::uuid[], $3::bigint[], $4::varchar[], $5::varchar[], $6::text[],
+    $7::timestamptz[])
 ON CONFLICT (connection_id, update_id) DO NOTHING
 RETURNING connection_id, update_id
 """
