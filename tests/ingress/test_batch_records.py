@@ -13,15 +13,25 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.db import create_engine
 from app.inbox.models import Contact, ConversationMessage
 from app.inbox.recording import InboundRecords, RecentlyWritten, record_inbound
 from app.ingress.models import TelegramUpdate
-from app.ingress.store import IncomingUpdate, StoreOutcome, UpdateWriter, store_batch, store_updates
+from app.ingress.store import (
+    IncomingUpdate,
+    StorageUnavailable,
+    StoreOutcome,
+    UpdateWriter,
+    is_data_error,
+    store_batch,
+    store_updates,
+)
 from app.schema import upgrade_to_head
 from app.telegram.updates import parse_update
 from tests.conftest import make_settings, new_workspace, running_app
@@ -29,6 +39,7 @@ from tests.connections.helpers import connect_bot
 from tests.telegram_double.double import TelegramDouble
 
 SENDER_ID = 4242
+WRITER_APP_NAME = "ingress-writer-under-test"
 
 
 @dataclass
@@ -100,6 +111,19 @@ def message(
     return {"update_id": update_id, "edited_message": {**body, "edit_date": edit_date}}
 
 
+async def connected_bot(
+    url: str, tmp_path: Path, telegram_double: TelegramDouble
+) -> tuple[uuid.UUID, uuid.UUID]:
+    """A workspace and a connected bot in the database at `url`: (connection, workspace)."""
+    settings = make_settings(
+        tmp_path, url, redis_url=None, telegram_api_base=telegram_double.base_url
+    )
+    async with running_app(settings) as (app, client):
+        workspace = await new_workspace(app.state.runtime.session_factory)
+        _, body = await connect_bot(client, workspace, telegram_double)
+    return uuid.UUID(body["id"]), workspace.id
+
+
 @pytest.fixture(params=["postgresql", "sqlite"])
 async def target(
     request: pytest.FixtureRequest,
@@ -109,20 +133,36 @@ async def target(
     telegram_double: TelegramDouble,
 ) -> AsyncIterator[Target]:
     """A connected bot on either backend (PostgreSQL's tables are emptied after)."""
-    if request.param == "postgresql":
-        url, redis_url = database_url, None
-    else:
-        url, redis_url = f"sqlite+aiosqlite:///{tmp_path / 'embedded.db'}", None
+    url = database_url
+    if request.param == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path / 'embedded.db'}"
         await asyncio.to_thread(upgrade_to_head, url)
-    settings = make_settings(
-        tmp_path, url, redis_url=redis_url, telegram_api_base=telegram_double.base_url
-    )
-    async with running_app(settings) as (app, client):
-        workspace = await new_workspace(app.state.runtime.session_factory)
-        _, body = await connect_bot(client, workspace, telegram_double)
+    connection_id, workspace_id = await connected_bot(url, tmp_path, telegram_double)
     engine = create_engine(url)
     try:
-        yield Target(engine, uuid.UUID(body["id"]), workspace.id)
+        yield Target(engine, connection_id, workspace_id)
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture
+async def pg_target(
+    tmp_path: Path,
+    database_url: str,
+    db_session_factory: async_sessionmaker[AsyncSession],
+    telegram_double: TelegramDouble,
+) -> AsyncIterator[Target]:
+    """PostgreSQL only: one pooled connection, named so a test can find its backend."""
+    connection_id, workspace_id = await connected_bot(database_url, tmp_path, telegram_double)
+    engine = create_engine(
+        database_url,
+        pool_size=1,
+        max_overflow=0,
+        pool_pre_ping=False,
+        connect_args={"server_settings": {"application_name": WRITER_APP_NAME}},
+    )
+    try:
+        yield Target(engine, connection_id, workspace_id)
     finally:
         await engine.dispose()
 
@@ -221,3 +261,76 @@ async def test_the_group_commit_absorbs_duplicates_within_and_across_batches(
     assert await target.scalar(select(func.count()).select_from(TelegramUpdate)) == 20
     assert len(await target.messages()) == 20
     assert await target.contacts() == ["Ada"]
+
+
+async def test_a_connection_the_database_closed_fails_one_batch_and_is_replaced(
+    pg_target: Target, db_engine: AsyncEngine
+) -> None:
+    writer = UpdateWriter(pg_target.engine)
+    writer.start()
+    try:
+        assert await writer.submit(pg_target.item(message(1, 10, "a"))) is StoreOutcome.stored
+        async with db_engine.connect() as admin:
+            ended = await admin.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE application_name = :name"
+                ),
+                {"name": WRITER_APP_NAME},
+            )
+            assert ended.scalar_one() is True
+        with pytest.raises(StorageUnavailable):
+            await writer.submit(pg_target.item(message(2, 11, "b")))
+        # The pool's only connection was invalidated: the next batch gets a new one.
+        assert await writer.submit(pg_target.item(message(2, 11, "b"))) is StoreOutcome.stored
+    finally:
+        await writer.stop()
+    assert len(await pg_target.messages()) == 2
+
+
+async def test_a_request_waits_no_longer_than_the_submit_timeout(
+    pg_target: Target, db_engine: AsyncEngine
+) -> None:
+    writer = UpdateWriter(pg_target.engine, submit_timeout=0.2)
+    writer.start()
+    try:
+        async with db_engine.connect() as holder:
+            # An uncommitted insert of the same update: the writer's statement
+            # waits on it (up to the lock timeout), the request does not.
+            await holder.execute(
+                text(
+                    "INSERT INTO telegram_updates (id, workspace_id, connection_id, update_id,"
+                    " kind, source, payload, received_at)"
+                    " VALUES (gen_random_uuid(), :ws, :conn, 1, 'message', 'webhook', '{}', now())"
+                ),
+                {"ws": pg_target.workspace_id, "conn": pg_target.connection_id},
+            )
+            with pytest.raises(StorageUnavailable):
+                await writer.submit(pg_target.item(message(1, 10, "a")))
+            await holder.rollback()
+        # The batch went on once the lock was released; the redelivery is absorbed
+        # or stored, never lost.
+        outcome = await writer.submit(pg_target.item(message(1, 10, "a")))
+        assert outcome in (StoreOutcome.stored, StoreOutcome.duplicate)
+    finally:
+        await writer.stop()
+    assert await pg_target.scalar(select(func.count()).select_from(TelegramUpdate)) == 1
+    assert (await pg_target.messages())[10][0] == "a"
+
+
+async def test_errors_from_the_driver_itself_are_classified_by_sqlstate(
+    database_url: str,
+) -> None:
+    driver = await asyncpg.connect(
+        make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
+    )
+    try:
+        with pytest.raises(asyncpg.PostgresError) as bad_data:
+            await driver.fetch("SELECT CAST('x' AS integer)")
+        await driver.execute("SET statement_timeout = '10ms'")
+        with pytest.raises(asyncpg.QueryCanceledError) as canceled:
+            await driver.fetch("SELECT pg_sleep(1)")
+    finally:
+        await driver.close()
+    assert is_data_error(bad_data.value)
+    assert not is_data_error(canceled.value)
