@@ -14,8 +14,11 @@ updates into one statement (`app.ingress.statements`), so a batch is one round
 trip, and PostgreSQL parses and plans it once per connection whatever the batch
 size. Foreign keys between the fragments (a message naming the contact and
 conversation inserted beside it) hold: PostgreSQL checks them at the end of the
-statement, when every fragment's rows are in place. `PostgresInboxStatements`
-runs the same fragments on their own, for keys already stored.
+statement, when every fragment's rows are in place. Each fragment's rows are
+sorted by its conflict key (DISTINCT ON's order), so two statements upserting the
+same contacts lock them in the same order and cannot deadlock on them.
+`PostgresInboxStatements` runs the same fragments on their own, for keys already
+stored.
 
 `PortableInboxStatements` (the embedded SQLite default) makes the same choice in
 Python (`app.inbox.recording`) and writes the rows with SQLAlchemy's dialect

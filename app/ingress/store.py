@@ -1,15 +1,18 @@
 """Durable storage of accepted updates, with group commit.
 
-`store_updates` writes a batch in one transaction: the updates themselves
-(`ON CONFLICT DO NOTHING` on (connection, update_id), so a redelivery has no
-second effect), then for the new ones only, the inbox's records of them
-(`app.inbox.recording.record_inbound`). Nothing is half-stored: it all commits or none.
+`store_updates` writes a batch, atomically: the updates themselves (`ON CONFLICT
+DO NOTHING` on (connection, update_id), so a redelivery has no second effect),
+and for the new ones only, the inbox's records of them (`app.inbox.recording`).
+On PostgreSQL that is one statement (`app.ingress.statements`); on SQLite the
+caller's transaction holds its statements together. Nothing is half-stored: it
+all commits or none.
 
 `UpdateWriter` is the group commit in front of it: each webhook request hands its
-update over and waits; a writer task takes whatever has queued up (up to a batch
-size) and stores it with one statement per table and one commit, then answers
-every waiting request. Under load the batches grow by themselves; when idle a
-batch is a single update, so no request waits for a timer.
+update over and waits; the writer task takes whatever has queued up (up to a batch
+size) and stores it with that one statement, its own transaction, then answers
+every waiting request. Under load the batches grow by themselves (while one is in
+flight the next gathers); when idle a batch is a single update, so no request
+waits for a timer.
 
 The statements (`app.ingress.statements`, `app.inbox.statements`) are fixed text
 on PostgreSQL (arrays through `unnest`), so each is parsed and planned once per
