@@ -32,7 +32,7 @@ from app.ingress.store import (
     store_batch,
     store_updates,
 )
-from app.schema import upgrade_to_head
+from app.migrate import upgrade_to_head
 from app.telegram.updates import parse_update
 from tests.conftest import make_settings, new_workspace, running_app
 from tests.connections.helpers import connect_bot
