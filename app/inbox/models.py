@@ -113,7 +113,5 @@ class ConversationMessage(Base):
     received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     # Outbound rows: the outbound message they show (app.messages), and its status
     # as the messages domain last reported it; None for inbound rows.
-    outbound_message_id: Mapped[uuid.UUID | None] = mapped_column(
-        Uuid, nullable=True, unique=True
-    )
+    outbound_message_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, nullable=True, unique=True)
     delivery_status: Mapped[str | None] = mapped_column(String(20), nullable=True)
