@@ -42,6 +42,7 @@ import secrets
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -60,9 +61,12 @@ UPDATES_DIR = ROOT / "tests" / "data" / "telegram" / "updates"
 WRK_SCRIPT = BENCH_DIR / "wrk_updates.lua"
 WEBHOOK_PATH = "/api/v1/integrations/telegram/webhook"
 
-HANDLERS = ("ours", "bare", "aiogram")
+HANDLERS = ("ours", "base", "bare", "aiogram")
+# Handlers that are this service (from this tree, or --baseline's): each has a database.
+SERVICES = ("ours", "base")
 DESCRIPTIONS = {
     "ours": "app.main:create_app: secret check, Redis limits, group-commit storage",
+    "base": "ours as of --baseline DIR (the same set-up, a database of its own)",
     "bare": "bare FastAPI endpoint: reads the body, returns {}",
     "aiogram": "aiogram SimpleRequestHandler on aiohttp: secret check, Update model, no storage",
 }
@@ -71,6 +75,9 @@ DESCRIPTIONS = {
 # and the database check can count each phase's rows on their own.
 PHASE_BASES = {"preflight": 10_000_000, "warmup": 100_000_000, "measure": 200_000_000}
 PHASE_SPAN = 90_000_000
+# Round n (--rounds) adds n times this to every base: ours keeps one database for
+# all rounds, and each round's rows are still told apart.
+ROUND_SPAN = 1_000_000_000
 
 # High enough that the limiter never refuses (one process does a few thousand/s).
 UPDATES_PER_SECOND = 1_000_000
@@ -578,6 +585,7 @@ class Server:
     log: Path
     secret: str
     key: str
+    cwd: Path = ROOT
     proc: subprocess.Popen[Any] | None = None
 
     @property
@@ -588,7 +596,7 @@ class Server:
         started = time.monotonic()
         with self.log.open("wb") as log:
             self.proc = spawn(
-                self.argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT
+                self.argv, cwd=self.cwd, env=self.env, stdout=log, stderr=subprocess.STDOUT
             )
         while time.monotonic() - started < timeout:
             if self.proc.poll() is not None:
@@ -631,6 +639,7 @@ def build_server(
     *,
     aiogram_background: bool,
     service_log_level: str,
+    baseline: Path | None = None,
 ) -> Server:
     port = free_port()
     # A clean environment for the child: none of the caller's own service settings.
@@ -638,8 +647,13 @@ def build_server(
 
     ours = {name.upper() for name in Settings.model_fields}
     env = {k: v for k, v in os.environ.items() if k.upper() not in ours}
-    if name == "ours":
+    cwd = ROOT
+    if name in SERVICES:
         assert fixture is not None
+        if name == "base":
+            # `python -m app` imports the package from its working directory first.
+            assert baseline is not None
+            cwd = baseline
         env.update(service_settings(fixture, port, service_log_level))
         # The production command: one uvicorn process, uvloop and httptools.
         argv = [sys.executable, "-m", "app", "serve", "--host", "127.0.0.1", "--port", str(port)]
@@ -661,10 +675,11 @@ def build_server(
         log=workdir / f"{name}.log",
         secret=secret,
         key=key,
+        cwd=cwd,
     )
 
 
-def preflight(server: Server, payloads: Sequence[Payload]) -> int:
+def preflight(server: Server, payloads: Sequence[Payload], base: int) -> int:
     """Every payload once (each must be answered 2xx), then a wrong secret (401).
 
     Returns how many were acknowledged (they are in ours' database too).
@@ -676,15 +691,13 @@ def preflight(server: Server, payloads: Sequence[Payload]) -> int:
     acked = 0
     try:
         for n, payload in enumerate(payloads):
-            status, body = _post(
-                connection, target, payload.body(PHASE_BASES["preflight"] + n), server.secret
-            )
+            status, body = _post(connection, target, payload.body(base + n), server.secret)
             if 200 <= status < 300:
                 acked += 1
             else:
                 failures.append(f"{payload.name}: {status} {body[:200]!r}")
         if server.name != "bare":
-            wrong = payloads[0].body(PHASE_BASES["preflight"] + len(payloads))
+            wrong = payloads[0].body(base + len(payloads))
             status, _ = _post(connection, target, wrong, "not-the-secret")
             if status != 401:
                 failures.append(f"a wrong secret was answered {status}, not 401")
@@ -718,6 +731,7 @@ def _post(connection: HTTPConnection, target: str, body: bytes, secret: str) -> 
 @dataclass
 class PhaseCount:
     name: str
+    base: int  # its first update_id
     acked: int
     unanswered_max: int
 
@@ -756,7 +770,7 @@ async def _verify(fixture: Fixture, phases: Sequence[PhaseCount]) -> list[str]:
             problems.append(f"{other} rows with a source other than 'webhook'")
         expected_rows = 0
         for phase in phases:
-            base = PHASE_BASES[phase.name]
+            base = phase.base
             stored = int(
                 await db.fetchval(
                     "SELECT count(*) FROM telegram_updates"
@@ -948,9 +962,17 @@ def bench_handler(
     cpus: CpuPlan,
     fixture: Fixture | None,
     workdir: Path,
+    round_index: int = 0,
+    history: list[PhaseCount] | None = None,
 ) -> tuple[HandlerResult, list[str]]:
-    """Start, check, warm up, measure, (verify,) stop. Returns the result and problems."""
-    tag = f"[{name}]"
+    """Start, check, warm up, measure, (verify,) stop. Returns the result and problems.
+
+    `history` collects ours' phases across rounds: each check counts every round's
+    rows in the one database.
+    """
+    tag = f"[{name}]" if args.rounds == 1 else f"[{name} {round_index + 1}/{args.rounds}]"
+    bases = {phase: base + round_index * ROUND_SPAN for phase, base in PHASE_BASES.items()}
+    phases = history if history is not None else []
     server = build_server(
         name,
         fixture,
@@ -958,18 +980,18 @@ def bench_handler(
         workdir,
         aiogram_background=args.aiogram_background,
         service_log_level=args.service_log_level,
+        baseline=args.baseline,
     )
     say(f"{tag} {DESCRIPTIONS[name]}")
     problems: list[str] = []
-    phases: list[PhaseCount] = []
     try:
         took = server.start()
         assert server.proc is not None
         say(
             f"{tag} listening on 127.0.0.1:{server.port} after {took:.1f} s (pid {server.proc.pid})"
         )
-        acked = preflight(server, payloads)
-        phases.append(PhaseCount("preflight", acked, 0))
+        acked = preflight(server, payloads, bases["preflight"])
+        phases.append(PhaseCount("preflight", bases["preflight"], acked, 0))
         say(
             f"{tag} preflight: {acked}/{len(payloads)} payloads answered 2xx"
             + ("" if name == "bare" else ", a wrong secret answered 401")
@@ -980,11 +1002,13 @@ def bench_handler(
                 f"{tag} warmup",
                 server.url,
                 templates,
-                PHASE_BASES["warmup"],
+                bases["warmup"],
                 server.secret,
                 args.warmup,
             )
-            phases.append(PhaseCount("warmup", warm.acked_total, warm.unanswered_max))
+            phases.append(
+                PhaseCount("warmup", bases["warmup"], warm.acked_total, warm.unanswered_max)
+            )
             say(f"{tag} warmup: {warm.rate:.0f} updates/s")
 
         profiler = None
@@ -995,7 +1019,9 @@ def bench_handler(
                 say(f"{tag} --profile: py-spy not found (.venv/bin/pip install py-spy); skipped")
             else:
                 args.profile.mkdir(parents=True, exist_ok=True)
-                profile_out = args.profile / "ours.folded"
+                profile_out = args.profile / (
+                    "ours.folded" if round_index == 0 else f"ours-{round_index + 1}.folded"
+                )
                 profiler = start_profiler(py_spy, server.proc.pid, args.duration, profile_out, cpus)
                 say(f"{tag} profiling with py-spy (200 Hz, non-blocking) into {profile_out}")
 
@@ -1008,7 +1034,7 @@ def bench_handler(
             f"{tag} measure",
             server.url,
             templates,
-            PHASE_BASES["measure"],
+            bases["measure"],
             server.secret,
             args.duration,
         )
@@ -1021,7 +1047,9 @@ def bench_handler(
             for cpu, (b0, t0) in ticks_before.items()
             if cpu in ticks_after
         }
-        phases.append(PhaseCount("measure", result.acked_total, result.unanswered_max))
+        phases.append(
+            PhaseCount("measure", bases["measure"], result.acked_total, result.unanswered_max)
+        )
         lat = result.latency_us
         say(
             f"{tag} {result.rate:.0f} updates/s, p50 {fmt_ms(lat['p50'])} ms, "
@@ -1053,14 +1081,14 @@ def bench_handler(
             if profile_out is not None and profile_out.exists():
                 summarize_profile(profile_out)
 
-        if name == "ours":
+        if name in SERVICES:
             assert fixture is not None
             say(f"{tag} checking the database ...")
             lost = asyncio.run(_verify(fixture, phases))
             if lost:
                 for problem in lost:
                     say(f"{tag} PROBLEM: {problem}")
-                raise BenchError("ours lost or duplicated updates: " + "; ".join(lost))
+                raise BenchError(f"{name} lost or duplicated updates: " + "; ".join(lost))
             say(f"{tag} database check passed: every acknowledged update is stored, once")
         return HandlerResult(name, result, server_cpu, loadgen_cpu, busy), problems
     finally:
@@ -1137,26 +1165,63 @@ def print_notes(results: dict[str, HandlerResult]) -> None:
         say("(some rows show wrk's corrected latencies: its histogram could not be read)")
 
 
-def print_targets(results: dict[str, HandlerResult]) -> None:
-    ours = results.get("ours")
-    if ours is None:
-        return
-    say("SPEC 10 targets for ours:")
-    aiogram = results.get("aiogram")
-    if aiogram is not None and aiogram.load.rate > 0:
-        ratio = ours.load.rate / aiogram.load.rate
-        verdict = "MET" if ratio >= 1.0 else "NOT MET"
-        say(
-            f"  updates/s >= aiogram's:  {verdict} "
-            f"({ours.load.rate:.0f} vs {aiogram.load.rate:.0f}, {ratio:.2f}x)"
+def _median(values: Sequence[float]) -> float:
+    return float(statistics.median(values)) if values else 0.0
+
+
+def _ratios(rounds: Sequence[dict[str, HandlerResult]], name: str, reference: str) -> list[float]:
+    """`name`'s updates/s over `reference`'s, per round (both measured in that round)."""
+    return [
+        r[name].load.rate / r[reference].load.rate
+        for r in rounds
+        if name in r and reference in r and r[reference].load.rate > 0
+    ]
+
+
+def print_summary(rounds: Sequence[dict[str, HandlerResult]]) -> None:
+    """Medians over the rounds, with their range: the figures to compare on a noisy
+    machine. Ratios are per round (handlers measured minutes apart), then the median."""
+    say(f"Median of {len(rounds)} rounds (range in brackets):")
+    for name in HANDLERS:
+        measured = [r[name] for r in rounds if name in r]
+        if not measured:
+            continue
+        rates = [m.load.rate for m in measured]
+        p99s = [m.load.latency_us["p99"] / 1000 for m in measured]
+        line = (
+            f"  {name:<9} {_median(rates):>6.0f} updates/s [{min(rates):.0f}-{max(rates):.0f}], "
+            f"p99 {_median(p99s):.1f} ms [{min(p99s):.1f}-{max(p99s):.1f}]"
         )
+        for reference in ("base", "aiogram", "bare"):
+            ratios = _ratios(rounds, name, reference) if name != reference else []
+            if ratios:
+                line += (
+                    f", vs {reference} {_median(ratios):.2f}x [{min(ratios):.2f}-{max(ratios):.2f}]"
+                )
+        say(line)
+
+
+def print_targets(rounds: Sequence[dict[str, HandlerResult]]) -> None:
+    ours = [r["ours"] for r in rounds if "ours" in r]
+    if not ours:
+        return
+    which = "" if len(rounds) == 1 else f" (median of {len(rounds)} rounds)"
+    say(f"SPEC 10 targets for ours{which}:")
+    ratios = _ratios(rounds, "ours", "aiogram")
+    if ratios:
+        ratio = _median(ratios)
+        rate = _median([o.load.rate for o in ours])
+        aiogram = _median([r["aiogram"].load.rate for r in rounds if "aiogram" in r])
+        verdict = "MET" if ratio >= 1.0 else "NOT MET"
+        say(f"  updates/s >= aiogram's:  {verdict} ({rate:.0f} vs {aiogram:.0f}, {ratio:.2f}x)")
     else:
         say("  updates/s >= aiogram's:  not measured in this run (add aiogram)")
-    p99 = ours.load.latency_us["p99"] / 1000
+    p99 = _median([o.load.latency_us["p99"] / 1000 for o in ours])
     verdict = "MET" if p99 < TARGET_P99_MS else "NOT MET"
     say(f"  p99 < {TARGET_P99_MS:.0f} ms:           {verdict} ({p99:.1f} ms)")
-    if ours.load.non_2xx:
-        say(f"  (ours answered non-2xx: {ours.load.non_2xx}; see its log)")
+    for o in ours:
+        if o.load.non_2xx:
+            say(f"  (ours answered non-2xx: {o.load.non_2xx}; see its log)")
 
 
 # --- main ---------------------------------------------------------------------------------
@@ -1169,6 +1234,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--duration", type=int, default=10, help="measured seconds per handler")
     parser.add_argument("--warmup", type=int, default=3, help="warmup seconds per handler")
     parser.add_argument("--connections", type=int, default=40, help="concurrent connections")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run every handler this many times, interleaved, and report the medians",
+    )
     parser.add_argument(
         "--only", choices=HANDLERS, action="append", help="run only this handler (repeatable)"
     )
@@ -1194,6 +1265,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="LOG_LEVEL of ours (default WARNING: its access log off; INFO logs every request)",
     )
     parser.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="DIR",
+        help="also run ours from this checkout (e.g. `git worktree add DIR main`), as `base`",
+    )
+    parser.add_argument(
         "--profile",
         type=Path,
         metavar="DIR",
@@ -1210,8 +1287,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="Redis URL with a spare DB index; that index is flushed",
     )
     args = parser.parse_args(argv)
-    if args.duration < 1 or args.warmup < 0 or args.connections < 1 or args.threads < 1:
-        parser.error("--duration >= 1, --warmup >= 0, --connections >= 1, --threads >= 1")
+    if args.baseline is not None:
+        args.baseline = args.baseline.resolve()
+        if not (args.baseline / "app" / "__main__.py").is_file():
+            parser.error(f"--baseline {args.baseline}: not a checkout of this service")
+    if (
+        args.duration < 1
+        or args.warmup < 0
+        or args.connections < 1
+        or args.threads < 1
+        or args.rounds < 1
+    ):
+        parser.error(
+            "--duration >= 1, --warmup >= 0, --connections >= 1, --threads >= 1, --rounds >= 1"
+        )
     if args.threads > args.connections:
         parser.error("--threads must not exceed --connections")
     return args
@@ -1229,9 +1318,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, _interrupt)
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
-    selected = [name for name in HANDLERS if args.only is None or name in args.only]
-    results: dict[str, HandlerResult] = {}
-    fixture: Fixture | None = None
+    selected = [
+        name
+        for name in HANDLERS
+        if (args.only is None or name in args.only) and (name != "base" or args.baseline)
+    ]
+    rounds: list[dict[str, HandlerResult]] = []
+    histories: dict[str, list[PhaseCount]] = {name: [] for name in SERVICES}
+    fixtures: dict[str, Fixture] = {}
     problems: list[str] = []
     exit_code = 0
     workdir = Path(tempfile.mkdtemp(prefix="bench_ingress_"))
@@ -1244,6 +1338,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         say(
             f"Ingress benchmark: {', '.join(selected)}; {args.connections} connections, "
             f"{args.warmup} s warmup + {args.duration} s measured each"
+            + (f", {args.rounds} rounds (interleaved)" if args.rounds > 1 else "")
         )
         say(
             "Load generator: "
@@ -1258,21 +1353,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         templates = workdir / "templates.txt"
         templates.write_text("".join(p.template + "\n" for p in payloads), encoding="utf-8")
 
-        if "ours" in selected:
-            fixture = new_fixture(args.admin_database_url, args.redis_url)
-            say(f"Database: creating and migrating {fixture.database} ...")
+        for service in SERVICES:
+            if service not in selected:
+                continue
+            fixture = fixtures[service] = new_fixture(args.admin_database_url, args.redis_url)
+            say(f"Database ({service}): creating and migrating {fixture.database} ...")
             prepare_fixture(fixture)
             say(
                 f"  workspace and one webhook connection created (vault-sealed token, "
                 f"secret and key); Redis {args.redis_url} flushed"
             )
+        if fixtures:
             say(
                 f"  rate limits raised so they do not interfere: "
                 f"INGRESS_UPDATES_PER_SECOND={UPDATES_PER_SECOND}, "
                 f"INGRESS_UPDATES_BURST={UPDATES_BURST}"
             )
             say(
-                f"  ours runs with LOG_LEVEL={args.service_log_level.upper()}"
+                f"  {' and '.join(fixtures)} run with LOG_LEVEL={args.service_log_level.upper()}"
                 + (
                     " (its logging setup would re-enable uvicorn's access log at INFO)"
                     if args.service_log_level.upper() != "INFO"
@@ -1280,20 +1378,25 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
             )
 
-        for name in selected:
-            say()
-            result, found = bench_handler(
-                name,
-                args=args,
-                payloads=payloads,
-                templates=templates,
-                loadgen=loadgen,
-                cpus=cpus,
-                fixture=fixture,
-                workdir=workdir,
-            )
-            results[name] = result
-            problems += found
+        for round_index in range(args.rounds):
+            results: dict[str, HandlerResult] = {}
+            rounds.append(results)
+            for name in selected:
+                say()
+                result, found = bench_handler(
+                    name,
+                    args=args,
+                    payloads=payloads,
+                    templates=templates,
+                    loadgen=loadgen,
+                    cpus=cpus,
+                    fixture=fixtures.get(name),
+                    workdir=workdir,
+                    round_index=round_index,
+                    history=histories.get(name),
+                )
+                results[name] = result
+                problems += found
     except BenchError as exc:
         say(f"\nBENCH FAILED: {exc}")
         exit_code = 1
@@ -1309,7 +1412,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         stop_all()
-        if fixture is not None:
+        for fixture in fixtures.values():
             created = fixture.created
             try:
                 drop_fixture(fixture)
@@ -1323,12 +1426,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             shutil.rmtree(workdir, ignore_errors=True)
 
-    if results:
+    rounds = [results for results in rounds if results]
+    if rounds:
+        for index, results in enumerate(rounds):
+            say()
+            if len(rounds) > 1:
+                say(f"Round {index + 1}:")
+            print_table(results)
+        print_notes(rounds[-1])
+        if len(rounds) > 1:
+            say()
+            print_summary(rounds)
         say()
-        print_table(results)
-        print_notes(results)
-        say()
-        print_targets(results)
+        print_targets(rounds)
         if problems:
             say("Notes: " + "; ".join(problems))
     return exit_code

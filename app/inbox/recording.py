@@ -1,14 +1,17 @@
 """Recording messages in the inbox: the contacts, conversations and messages that
-received updates imply, written inside the caller's transaction.
+received updates imply, written with the updates themselves.
 
-`record_inbound` is what ingress calls for the updates it has just stored (new
-ones only), so an acknowledged update's records commit with it or not at all.
+Ingress builds `InboundRecords` for a batch before storing it: one candidate row
+per update, each naming its update. Only the candidates of updates that turn
+out to be new are written (`chosen`), in the statement or transaction that stores
+the updates, so an acknowledged update's records commit with it or not at all,
+and a redelivery writes nothing. On PostgreSQL the choice is made in SQL, in the
+same statement as the updates' insert (`app.inbox.statements.inbound_ctes`); on
+SQLite `record_inbound` writes the chosen rows after the insert.
 
 Contacts and conversations get ids derived from their natural keys
 (`contact_id`, `conversation_id`), so a message row names them without a round
-trip, and anyone (the outbound dispatcher too) can name them the same way. Rows
-of one statement are sorted by their conflict key, so two writers upserting the
-same contacts lock them in the same order and cannot deadlock.
+trip, and anyone (the outbound dispatcher too) can name them the same way.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from __future__ import annotations
 import functools
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -29,7 +32,10 @@ from app.inbox.models import Conversation, ConversationMessage
 from app.inbox.statements import (
     ACTIVITY_REFRESH_SECONDS,
     CONTACT_FIELDS,
+    CONTACT_KEY,
     CONVERSATION_FIELDS,
+    CONVERSATION_KEY,
+    MESSAGE_KEY,
     inbox_statements_for,
 )
 from app.telegram.conversation_keys import ConversationKey
@@ -71,10 +77,6 @@ def clean_text(value: str | None, limit: int | None = None) -> str | None:
         return None
     cleaned = value.encode("utf-8", errors="replace").decode("utf-8").replace("\x00", "")
     return cleaned[:limit] if limit is not None else cleaned
-
-
-def _sorted(rows: dict[tuple[uuid.UUID, Any], dict[str, Any]]) -> list[dict[str, Any]]:
-    return [rows[key] for key in sorted(rows, key=lambda k: (str(k[0]), k[1]))]
 
 
 # Contacts and conversations get ids derived from their natural keys, so a message
@@ -125,32 +127,87 @@ class RecentlyWritten:
         self._rows.clear()
 
 
-async def record_inbound(
-    connection: AsyncConnection,
-    updates: Sequence[ReceivedUpdate],
-    *,
-    recent: RecentlyWritten | None = None,
-) -> Written:
-    """Upsert the contacts, conversations and messages of `updates` (in the caller's
-    transaction), skipping contacts and conversations `recent` knows are written.
+UpdateKey = tuple[uuid.UUID, int]  # (connection_id, update_id)
 
-    Returns the contact and conversation rows written, for `recent.remember()` once
-    the transaction has committed.
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """A row the inbox writes if `update` turns out to be new (not a redelivery).
+
+    `fresh`: the write cache holds the row as it is here; it is then not written.
     """
-    statements = inbox_statements_for(connection)
-    now = time.monotonic()
-    contacts = _unless_fresh(_contact_rows(updates), CONTACT_FIELDS, recent, now)
-    conversations = _unless_fresh(_conversation_rows(updates), CONVERSATION_FIELDS, recent, now)
-    if contacts:
-        await statements.upsert_contacts(contacts)
-    if conversations:
-        await statements.upsert_conversations(conversations)
-    messages = _message_rows(updates)
-    if messages:
-        await statements.upsert_messages(messages)
-    written = [(row["id"], _fingerprint(row, CONTACT_FIELDS)) for row in contacts]
-    written += [(row["id"], _fingerprint(row, CONVERSATION_FIELDS)) for row in conversations]
-    return written
+
+    row: dict[str, Any]
+    update: UpdateKey
+    fresh: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class InboundRecords:
+    """The inbox's rows a batch of received updates implies, as candidates: built
+    before the database says which updates are new (so the updates and their
+    records can be stored by one statement), chosen by `chosen()` (or the same
+    choice in SQL, `app.inbox.statements.inbound_ctes`).
+
+    The last candidate per row wins. Contacts and conversations are in the
+    batch's order, as they arrived; messages are ordered by update_id, so of a
+    message and its edits delivered in parallel the newest copy is kept.
+    """
+
+    contacts: list[Candidate]
+    conversations: list[Candidate]
+    messages: list[Candidate]
+
+    @classmethod
+    def of(
+        cls, updates: Sequence[ReceivedUpdate], recent: RecentlyWritten | None = None
+    ) -> InboundRecords:
+        """Candidates for `updates`, one copy of each update (the caller dedups)."""
+        now = time.monotonic()
+        return cls(
+            contacts=_unless_fresh(_contact_rows(updates), CONTACT_FIELDS, recent, now),
+            conversations=_unless_fresh(
+                _conversation_rows(updates), CONVERSATION_FIELDS, recent, now
+            ),
+            messages=_message_rows(updates),
+        )
+
+    def chosen(
+        self, new: Collection[UpdateKey]
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+        """The contact, conversation and message rows to write, given the new updates."""
+        return (
+            _latest(self.contacts, new, CONTACT_KEY),
+            _latest(self.conversations, new, CONVERSATION_KEY),
+            _latest(self.messages, new, MESSAGE_KEY),
+        )
+
+    def written(self, new: Collection[UpdateKey]) -> Written:
+        """The contact and conversation rows written, given the new updates: for
+        `RecentlyWritten.remember()` once they are committed."""
+        contacts = _latest(self.contacts, new, CONTACT_KEY)
+        conversations = _latest(self.conversations, new, CONVERSATION_KEY)
+        written = [(row["id"], _fingerprint(row, CONTACT_FIELDS)) for row in contacts]
+        written += [(row["id"], _fingerprint(row, CONVERSATION_FIELDS)) for row in conversations]
+        return written
+
+
+async def record_inbound(
+    connection: AsyncConnection, records: InboundRecords, new: Collection[UpdateKey]
+) -> None:
+    """Write the records of the `new` updates (stored already, in the caller's
+    transaction). Ingress on PostgreSQL writes them in its own statement instead."""
+    await inbox_statements_for(connection).record(records, new)
+
+
+def _latest(
+    candidates: Sequence[Candidate], new: Collection[UpdateKey], key: tuple[str, ...]
+) -> list[dict[str, Any]]:
+    latest: dict[tuple[Any, ...], Candidate] = {}
+    for candidate in candidates:
+        if candidate.update in new:
+            latest[tuple(candidate.row[name] for name in key)] = candidate
+    return [c.row for c in latest.values() if not c.fresh]
 
 
 def _fingerprint(row: dict[str, Any], fields: tuple[str, ...]) -> tuple[Any, ...]:
@@ -158,23 +215,30 @@ def _fingerprint(row: dict[str, Any], fields: tuple[str, ...]) -> tuple[Any, ...
 
 
 def _unless_fresh(
-    rows: list[dict[str, Any]],
+    candidates: list[Candidate],
     fields: tuple[str, ...],
     recent: RecentlyWritten | None,
     now: float,
-) -> list[dict[str, Any]]:
+) -> list[Candidate]:
+    """Candidates marked fresh where the cache holds their row as it is; a row all
+    of whose candidates are fresh is left out (whichever wins, it is skipped)."""
     if recent is None:
-        return rows
-    return [row for row in rows if not recent.is_fresh(row["id"], _fingerprint(row, fields), now)]
+        return candidates
+    marked = [
+        Candidate(c.row, c.update, recent.is_fresh(c.row["id"], _fingerprint(c.row, fields), now))
+        for c in candidates
+    ]
+    stale = {c.row["id"] for c in marked if not c.fresh}
+    return [c for c in marked if c.row["id"] in stale]
 
 
-def _contact_rows(items: Sequence[ReceivedUpdate]) -> list[dict[str, Any]]:
-    latest: dict[tuple[uuid.UUID, int], dict[str, Any]] = {}
+def _contact_rows(items: Sequence[ReceivedUpdate]) -> list[Candidate]:
+    candidates = []
     for item in items:
         sender = item.parsed.sender
         if sender is None:
             continue
-        latest[(item.connection_id, sender.id)] = {
+        row = {
             "id": contact_id(item.connection_id, sender.id),
             "workspace_id": item.workspace_id,
             "connection_id": item.connection_id,
@@ -188,18 +252,19 @@ def _contact_rows(items: Sequence[ReceivedUpdate]) -> list[dict[str, Any]]:
             "created_at": item.received_at,
             "last_seen_at": item.received_at,
         }
-    return _sorted(latest)
+        candidates.append(Candidate(row, (item.connection_id, item.parsed.update_id)))
+    return candidates
 
 
-def _conversation_rows(items: Sequence[ReceivedUpdate]) -> list[dict[str, Any]]:
-    latest: dict[tuple[uuid.UUID, str], dict[str, Any]] = {}
+def _conversation_rows(items: Sequence[ReceivedUpdate]) -> list[Candidate]:
+    candidates = []
     for item in items:
         key, chat = item.parsed.conversation, item.parsed.chat
         if key is None or chat is None:
             continue
         encoded = key.encode()
         names = " ".join(part for part in (chat.first_name, chat.last_name) if part)
-        latest[(item.connection_id, encoded)] = {
+        row = {
             "id": conversation_id(item.connection_id, encoded),
             "workspace_id": item.workspace_id,
             "connection_id": item.connection_id,
@@ -213,28 +278,27 @@ def _conversation_rows(items: Sequence[ReceivedUpdate]) -> list[dict[str, Any]]:
             "created_at": item.received_at,
             "last_activity_at": item.received_at,
         }
-    return _sorted(latest)
+        candidates.append(Candidate(row, (item.connection_id, item.parsed.update_id)))
+    return candidates
 
 
-def _message_rows(items: Sequence[ReceivedUpdate]) -> list[dict[str, Any]]:
-    latest: dict[tuple[uuid.UUID, int], dict[str, Any]] = {}
-    versions: dict[tuple[uuid.UUID, int], int] = {}
-    for item in items:
+def _message_rows(items: Sequence[ReceivedUpdate]) -> list[Candidate]:
+    candidates = []
+    # Deliveries run in parallel: of several copies of a message (the original,
+    # its edits), the newest update is the last candidate and wins.
+    for item in sorted(items, key=lambda item: item.parsed.update_id):
         parsed = item.parsed
         if parsed.message is None or parsed.conversation is None or parsed.chat is None:
             continue
         conversation = conversation_id(item.connection_id, parsed.conversation.encode())
         sender = contact_id(item.connection_id, parsed.sender.id) if parsed.sender else None
         message = parsed.message
-        # Deliveries run in parallel: within a batch keep the newest copy.
-        if versions.get((conversation, message.message_id), -1) > parsed.update_id:
-            continue
-        versions[(conversation, message.message_id)] = parsed.update_id
         edited_at = None
         if message.edited:
             edited_at = _timestamp(message.edit_date, item.received_at)
-        latest[(conversation, message.message_id)] = {
-            "id": new_id(),
+        # No id: each backend draws one for the rows it inserts (see
+        # app.inbox.statements), so a candidate that loses costs no uuid4().
+        row = {
             "workspace_id": item.workspace_id,
             "connection_id": item.connection_id,
             "conversation_id": conversation,
@@ -247,7 +311,8 @@ def _message_rows(items: Sequence[ReceivedUpdate]) -> list[dict[str, Any]]:
             "edited_at": edited_at,
             "received_at": item.received_at,
         }
-    return _sorted(latest)
+        candidates.append(Candidate(row, (item.connection_id, parsed.update_id)))
+    return candidates
 
 
 # -- outbound ---------------------------------------------------------------------

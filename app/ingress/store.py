@@ -1,15 +1,18 @@
 """Durable storage of accepted updates, with group commit.
 
-`store_updates` writes a batch in one transaction: the updates themselves
-(`ON CONFLICT DO NOTHING` on (connection, update_id), so a redelivery has no
-second effect), then for the new ones only, the inbox's records of them
-(`app.inbox.recording.record_inbound`). Nothing is half-stored: it all commits or none.
+`store_updates` writes a batch, atomically: the updates themselves (`ON CONFLICT
+DO NOTHING` on (connection, update_id), so a redelivery has no second effect),
+and for the new ones only, the inbox's records of them (`app.inbox.recording`).
+On PostgreSQL that is one statement (`app.ingress.statements`); on SQLite the
+caller's transaction holds its statements together. Nothing is half-stored: it
+all commits or none.
 
 `UpdateWriter` is the group commit in front of it: each webhook request hands its
-update over and waits; a writer task takes whatever has queued up (up to a batch
-size) and stores it with one statement per table and one commit, then answers
-every waiting request. Under load the batches grow by themselves; when idle a
-batch is a single update, so no request waits for a timer.
+update over and waits; the writer task takes whatever has queued up (up to a batch
+size) and stores it with that one statement, its own transaction, then answers
+every waiting request. Under load the batches grow by themselves (while one is in
+flight the next gathers); when idle a batch is a single update, so no request
+waits for a timer.
 
 The statements (`app.ingress.statements`, `app.inbox.statements`) are fixed text
 on PostgreSQL (arrays through `unnest`), so each is parsed and planned once per
@@ -25,16 +28,15 @@ import enum
 import time
 import uuid
 from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 import structlog
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from app.db import new_id
-from app.inbox.recording import RecentlyWritten, Written, clean_text, record_inbound
+from app.inbox.recording import InboundRecords, RecentlyWritten, Written, clean_text
 from app.ingress.statements import statements_for
 from app.telegram.updates import ParsedUpdate
 
@@ -58,11 +60,6 @@ class IncomingUpdate:
     raw: str
     source: str
     received_at: datetime
-
-
-def _sorted(rows: dict[tuple[uuid.UUID, Any], dict[str, Any]]) -> list[dict[str, Any]]:
-    # By conflict key: concurrent writers take row locks in one order.
-    return [rows[key] for key in sorted(rows, key=lambda k: (str(k[0]), k[1]))]
 
 
 async def store_updates(
@@ -119,9 +116,8 @@ async def store_batch(
     first_of: dict[tuple[uuid.UUID, int], int] = {}
     for index, item in enumerate(items):
         first_of.setdefault((item.connection_id, item.parsed.update_id), index)
-    update_rows = {
-        key: {
-            "id": new_id(),
+    update_rows = [
+        {
             "workspace_id": items[index].workspace_id,
             "connection_id": items[index].connection_id,
             "update_id": items[index].parsed.update_id,
@@ -130,13 +126,15 @@ async def store_batch(
             "payload": items[index].raw,
             "received_at": items[index].received_at,
         }
-        for key, index in first_of.items()
-    }
-    inserted = await statements.insert_updates(_sorted(update_rows))
-    new_items = [items[index] for key, index in first_of.items() if key in inserted]
+        for index in first_of.values()
+    ]
     written: Written = []
-    if new_items and derive:
-        written = await record_inbound(connection, new_items, recent=recent)
+    if derive:
+        records = InboundRecords.of([items[index] for index in first_of.values()], recent)
+        inserted = await statements.store(update_rows, records)
+        written = records.written(inserted)
+    else:
+        inserted = await statements.insert_updates(update_rows)
     outcomes = []
     for index, item in enumerate(items):
         key = (item.connection_id, item.parsed.update_id)
@@ -163,7 +161,7 @@ class UpdateWriter:
         self,
         engine: AsyncEngine,
         *,
-        writers: int = 2,
+        writers: int = 1,
         max_batch: int = 256,
         max_queued: int = 5000,
         submit_timeout: float = 10.0,
@@ -177,7 +175,10 @@ class UpdateWriter:
         # later anyway, Telegram's redelivery is a harmless duplicate.
         self._submit_timeout = submit_timeout
         self._max_batch = max_batch
-        # SQLite has one writer at a time; more tasks would only queue on its lock.
+        # One writer by default: while its batch is in flight the next one
+        # gathers; a second writer would take the first update that arrives and
+        # send it alone, halving the batches and doubling what each update costs
+        # (measured: bench/README.md). SQLite has one writer at a time anyway.
         self._writers = 1 if engine.dialect.name == "sqlite" else max(1, writers)
         self._tasks: list[asyncio.Task[None]] = []
         self._accepting = False
@@ -208,14 +209,17 @@ class UpdateWriter:
             raise StorageUnavailable("the update writer is not running")
         if self._queue.qsize() >= self._max_queued:
             raise StorageUnavailable("the update queue is full")
-        done: asyncio.Future[StoreOutcome] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[StoreOutcome] = loop.create_future()
         self._queue.put_nowait(_Pending(item, done))
+        # A timer that fails the future, rather than asyncio.timeout() around the
+        # await: the same bound for half the cost per request. The writer skips
+        # futures that are done (expired, or cancelled with their request).
+        expiry = loop.call_later(self._submit_timeout, _expire, done)
         try:
-            # On timeout `done` is cancelled; the writer skips cancelled futures.
-            async with asyncio.timeout(self._submit_timeout):
-                return await done
-        except TimeoutError:
-            raise StorageUnavailable("storing the update took too long") from None
+            return await done
+        finally:
+            expiry.cancel()
 
     async def _run(self) -> None:
         stopping = False
@@ -259,15 +263,19 @@ class UpdateWriter:
         if not pending.done.done():
             pending.done.set_result(outcome)
 
-    async def _store(
-        self, items: list[IncomingUpdate], *, derive: bool = True
-    ) -> list[StoreOutcome]:
-        async with self._engine.begin() as connection:
-            outcomes, written = await store_batch(
-                connection, items, derive=derive, recent=self._recent
-            )
+    async def _store(self, items: list[IncomingUpdate]) -> list[StoreOutcome]:
+        async with self._connect() as connection:
+            outcomes, written = await store_batch(connection, items, recent=self._recent)
         self._recent.remember(written, time.monotonic())
         return outcomes
+
+    def _connect(self) -> AbstractAsyncContextManager[AsyncConnection]:
+        # PostgreSQL stores a batch with one statement, atomic on its own: outside
+        # a transaction it is its own, without a BEGIN and a COMMIT round trip
+        # around it (two of the three a batch would otherwise cost).
+        if self._engine.dialect.name == "postgresql":
+            return self._engine.connect()
+        return self._engine.begin()
 
     def _fail(self, batch: list[_Pending], exc: BaseException) -> None:
         logger.error(
@@ -281,6 +289,11 @@ class UpdateWriter:
                 pending.done.set_exception(StorageUnavailable(type(exc).__name__))
 
 
+def _expire(done: asyncio.Future[StoreOutcome]) -> None:
+    if not done.done():
+        done.set_exception(StorageUnavailable("storing the update took too long"))
+
+
 def is_data_error(exc: BaseException) -> bool:
     """Whether the database refused this data (rather than being unwell).
 
@@ -292,9 +305,14 @@ def is_data_error(exc: BaseException) -> bool:
     """
     if isinstance(exc, DataError | IntegrityError):
         return True
+    # The group commit's statement reaches the driver directly: its errors come
+    # as the driver raised them, with the SQLSTATE on the exception itself.
+    cause = exc.orig if isinstance(exc, DBAPIError) else exc
+    code = getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)
+    if isinstance(code, str):
+        return code[:2] in ("22", "23")
     if isinstance(exc, DBAPIError):
-        code = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
-        return isinstance(code, str) and code[:2] in ("22", "23")
+        return False
     return isinstance(exc, ValueError | TypeError | OverflowError)
 
 

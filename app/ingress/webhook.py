@@ -21,9 +21,11 @@ order of SPEC section 5:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import json
+import uuid
 from collections.abc import Callable
 from datetime import datetime
 from urllib.parse import parse_qs
@@ -138,7 +140,7 @@ class WebhookIngress:
                 return 401, UNAUTHORIZED, []
 
             updates = await self._update_limiter.hit(
-                f"ingress:updates:{route.connection_id}", self._update_limit
+                _update_bucket(route.connection_id), self._update_limit
             )
             if not updates.allowed:
                 return _rate_limited(updates.retry_after_header())
@@ -267,11 +269,16 @@ def _plain_address(entry: str) -> str | None:
         return None
 
 
+# The helpers below are pure and see the same few values on every request (a
+# bot's query string, Telegram's addresses, a connection's id), so they are
+# memoized; bounded, so a flood of distinct values only costs what it did before.
+@functools.lru_cache(maxsize=4096)
 def _query_key(query_string: bytes) -> str | None:
     values = parse_qs(query_string.decode("latin-1")).get("key", [])
     return values[0] if len(values) == 1 and values[0] else None
 
 
+@functools.lru_cache(maxsize=4096)
 def _failure_bucket(source: str, key: str | None) -> str:
     """Whose failed authentications are counted together.
 
@@ -287,6 +294,11 @@ def _failure_bucket(source: str, key: str | None) -> str:
     return f"ingress:auth:{source}:{digest}"
 
 
+@functools.lru_cache(maxsize=4096)
+def _update_bucket(connection_id: uuid.UUID) -> str:
+    return f"ingress:updates:{connection_id}"
+
+
 def _address_group(address: str) -> str:
     """IPv6 clients hold whole /64s: one address each would be a fresh bucket per request."""
     try:
@@ -298,6 +310,7 @@ def _address_group(address: str) -> str:
     return address
 
 
+@functools.lru_cache(maxsize=4096)
 def _in_telegram_ranges(address: str) -> bool:
     try:
         ip = ipaddress.ip_address(address)
