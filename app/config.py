@@ -105,6 +105,15 @@ class Settings(BaseSettings):
             return None
         return value
 
+    @field_validator("approval_ttl", mode="before")
+    @classmethod
+    def _seconds_are_seconds(cls, value: object) -> object:
+        # APPROVAL_TTL=86400 means seconds (pydantic would read a bare number in a
+        # string as a clock time); ISO 8601 durations (PT24H) still parse.
+        if isinstance(value, str) and value.strip().replace(".", "", 1).isdigit():
+            return float(value)
+        return value
+
     @field_validator("telegram_api_base", mode="before")
     @classmethod
     def _blank_is_default(cls, value: object) -> object:

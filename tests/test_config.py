@@ -37,3 +37,11 @@ def test_trailing_slashes_are_dropped(monkeypatch: pytest.MonkeyPatch, tmp_path:
     )
     assert settings.telegram_api_base == "http://127.0.0.1:8081"
     assert settings.public_base_url == "https://hooks.example.com"
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("86400", 86400), ("90.5", 90.5), ("PT2H", 7200)])
+def test_approval_ttl_reads_seconds_or_an_iso_duration(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, text: str, seconds: float
+) -> None:
+    settings = settings_from(monkeypatch, tmp_path, APPROVAL_TTL=text)
+    assert settings.approval_ttl.total_seconds() == seconds
