@@ -68,6 +68,9 @@ class Settings(BaseSettings):
     # How long an outbound message may wait for approval before it expires
     # (seconds, or an ISO 8601 duration such as PT24H).
     approval_ttl: timedelta = Field(default=timedelta(hours=24), gt=timedelta(0))
+    # How long a worker holds a claimed message: if it dies mid-send, another
+    # worker sends the message once this has passed. Longer than a send can take.
+    dispatch_lease_seconds: float = Field(default=60.0, ge=1.0, le=3600.0)
 
     # PostgreSQL pools per process: the API's (and the worker's) engine, and the
     # webhook path's own. Each process names its connections (PostgreSQL's

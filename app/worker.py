@@ -1,8 +1,9 @@
 """The worker process (`integrations worker`): the outbound dispatcher, long-polling
 ingestion and housekeeping.
 
-`run_worker` opens the runtime and, every `refresh_interval`, reconciles the
-pollers with the database (see `PollerSupervisor`: live polling-mode connections
+`run_worker` opens the runtime, runs the outbound dispatcher
+(`app.messages.dispatcher`) and, every `refresh_interval`, expires messages left
+pending past APPROVAL_TTL and reconciles the pollers with the database (see `PollerSupervisor`: live polling-mode connections
 are polled, deleted or switched-to-webhook ones stop being polled) and runs the
 housekeeping. Any number of replicas may run: leases keep each bot with one poller.
 
@@ -92,7 +93,11 @@ async def run_worker(
             telegram=runtime.telegram,
             limiter=runtime.limiter,
             owner=owner,
-            settings=dispatch or DispatchSettings(max_retries=settings.telegram_max_retries),
+            settings=dispatch
+            or DispatchSettings(
+                max_retries=settings.telegram_max_retries,
+                lease_seconds=settings.dispatch_lease_seconds,
+            ),
         )
         log.info("worker_started", long_poll_timeout=long_poll_timeout)
         sending = asyncio.create_task(dispatcher.run(stop), name="outbound-dispatcher")
