@@ -344,8 +344,55 @@ async def _send_span(dsn: str) -> tuple[float, int, int]:
     return float(row["span"] or 0.0), int(row["sent"]), int(row["failed"])
 
 
+# Where a worker's time goes, for --profile (see ingress.summarize_profile): the
+# deepest frame that matches decides.
+PROFILE_AREAS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("SQLAlchemy: statement building and compiling", ("sqlalchemy/sql/",)),
+    ("SQLAlchemy: engine, pool, asyncio adaptation", ("sqlalchemy/",)),
+    ("asyncpg (driver)", ("asyncpg/",)),
+    ("httpx/httpcore (HTTP client)", ("httpx/", "httpcore/", "h11/", "anyio/")),
+    ("rate limiter (redis-py, app/ratelimit)", ("redis/", "app/ratelimit/")),
+    ("vault (opening the sealed token)", ("app/vault", "cryptography/")),
+    ("logging (structlog, logging)", ("logging/", "structlog/", "app/logging")),
+    ("app/messages, app/inbox, app/audit", ("app/messages/", "app/inbox/", "app/audit/")),
+    ("app/telegram (client, parsing)", ("app/telegram/", "json/")),
+    ("start-up (imports)", ("<frozen importlib", "importlib/")),
+)
+
+
+def start_profile(pid: int, out: Path) -> subprocess.Popen[Any] | None:
+    py_spy = ingress.find_py_spy()
+    if py_spy is None:
+        log("py-spy not found (.venv/bin/pip install py-spy): not profiling")
+        return None
+    # --nonblocking: the worker is not paused to be sampled.
+    argv = [py_spy, "record", "--pid", str(pid), "--rate", "200", "--duration", "120"]
+    argv += ["--nonblocking", "--format", "raw", "--output", str(out)]
+    return spawn(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def finish_profile(profiler: subprocess.Popen[Any] | None, out: Path, title: str) -> None:
+    if profiler is None:
+        return
+    # py-spy writes what it has on SIGINT.
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(profiler.pid, signal.SIGINT)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        profiler.wait(timeout=20)
+    stop(profiler)
+    if out.exists():
+        print(f"\nprofile of {title} ({out}):")
+        ingress.PROFILE_AREAS = PROFILE_AREAS
+        ingress.summarize_profile(out)
+
+
 def run_workers_until_sent(
-    fixture: Fixture, seeded: Seeded, sends: Sequence[Send], workers: int, logs: Path
+    fixture: Fixture,
+    seeded: Seeded,
+    sends: Sequence[Send],
+    workers: int,
+    logs: Path,
+    profile: Path | None = None,
 ) -> Rate:
     asyncio.run(enqueue(fixture, seeded, sends))
     ingress.flush_redis(fixture.redis_url)
@@ -354,6 +401,7 @@ def run_workers_until_sent(
     try:
         started = time.monotonic()
         procs = start_workers(fixture, double.base, workers, logs)
+        profiler = None if profile is None else start_profile(procs[0].pid, profile)
         timeout = 30 + len(sends) / 50
         try:
             done = asyncio.run(
@@ -365,6 +413,8 @@ def run_workers_until_sent(
         cpu = sum(ingress.process_cpu_seconds(proc.pid) for proc in procs)
         span, sent, failed = asyncio.run(_send_span(fixture.asyncpg_dsn(fixture.database)))
         answered = int(double.stats()["ok"])
+        if profile is not None:
+            finish_profile(profiler, profile, f"worker 1 of {workers}, throughput")
     finally:
         for proc in procs:
             stop(proc)
@@ -475,7 +525,9 @@ def run_bare(
     return Rate(name, calls, span, wall, cpu, f"{failures} failed" if failures else "")
 
 
-def part_throughput(fixture: Fixture, seeded: Seeded, messages: int, logs: Path) -> bool:
+def part_throughput(
+    fixture: Fixture, seeded: Seeded, messages: int, logs: Path, profile: Path | None
+) -> bool:
     sends = throughput_plan(messages, len(seeded.bots))
     results: list[Rate] = []
     cpu_before = ingress.children_cpu_seconds()
@@ -487,7 +539,8 @@ def part_throughput(fixture: Fixture, seeded: Seeded, messages: int, logs: Path)
         results.append(rate)
     for workers in (1, 2):
         log(f"(a) {workers} worker process(es), {messages} messages")
-        results.append(run_workers_until_sent(fixture, seeded, sends, workers, logs))
+        out = None if profile is None else profile / f"throughput_{workers}w.folded"
+        results.append(run_workers_until_sent(fixture, seeded, sends, workers, logs, out))
 
     by_name = {rate.name: rate for rate in results}
     bare1, bare2 = by_name["bare httpx x1"], by_name["bare httpx x2"]
@@ -575,7 +628,9 @@ def check_sends(sends: Sequence[Sequence[Any]]) -> dict[str, int]:
     return broken
 
 
-def part_pacing(fixture: Fixture, seeded: Seeded, duration: float, logs: Path) -> bool:
+def part_pacing(
+    fixture: Fixture, seeded: Seeded, duration: float, logs: Path, profile: Path | None
+) -> bool:
     plans, sends = pacing_plan(len(seeded.bots), duration)
     allowed = sum(plan.allowed for plan in plans)
     log(f"(b) pacing: {len(sends)} queued messages, allowed {allowed:.0f}/s, {duration:.0f} s")
@@ -594,12 +649,16 @@ def part_pacing(fixture: Fixture, seeded: Seeded, duration: float, logs: Path) -
                 raise BenchError("the workers sent nothing")
             time.sleep(0.05)
         start = time.monotonic()
+        out = None if profile is None else profile / "pacing.folded"
+        profiler = None if out is None else start_profile(procs[0].pid, out)
         while (elapsed := time.monotonic() - start) < duration:
             time.sleep(min(2.0, duration - elapsed))
             stats = double.stats()
             log(f"  {elapsed + 0:5.1f} s: {stats['ok']} sent, {stats['too_many']} x 429")
         stats = double.stats(sends=True)
         cpu = sum(ingress.process_cpu_seconds(proc.pid) for proc in procs)
+        if out is not None:
+            finish_profile(profiler, out, "worker 1 of 2, pacing")
     finally:
         for proc in procs:
             stop(proc)
@@ -672,6 +731,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--admin-database-url",
         default=os.environ.get("BENCH_ADMIN_DATABASE_URL", ingress.DEFAULT_ADMIN_DATABASE_URL),
     )
+    parser.add_argument(
+        "--profile", type=Path, help="record worker 1 with py-spy into this directory"
+    )
     # Internal: one bare loop process (see run_bare).
     parser.add_argument("--bare-child", choices=("httpx", "aiohttp"), help=argparse.SUPPRESS)
     parser.add_argument("--bare-base", help=argparse.SUPPRESS)
@@ -719,10 +781,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         fixture.created = True
         upgrade_to_head(fixture.database_url)  # runs its own event loop
         seeded = asyncio.run(seed(fixture, args.bots))
+        if args.profile is not None:
+            args.profile.mkdir(parents=True, exist_ok=True)
         if args.only in (None, "throughput"):
-            ok = part_throughput(fixture, seeded, args.messages, logs) and ok
+            ok = part_throughput(fixture, seeded, args.messages, logs, args.profile) and ok
         if args.only in (None, "pacing"):
-            ok = part_pacing(fixture, seeded, args.duration, logs) and ok
+            ok = part_pacing(fixture, seeded, args.duration, logs, args.profile) and ok
     except BenchError as exc:
         log(f"error: {exc}")
         ok = False
