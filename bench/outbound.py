@@ -654,7 +654,8 @@ def part_pacing(
         while (elapsed := time.monotonic() - start) < duration:
             time.sleep(min(2.0, duration - elapsed))
             stats = double.stats()
-            log(f"  {elapsed + 0:5.1f} s: {stats['ok']} sent, {stats['too_many']} x 429")
+            elapsed = time.monotonic() - start
+            log(f"  {elapsed:5.1f} s: {stats['ok']} sent, {stats['too_many']} x 429")
         stats = double.stats(sends=True)
         cpu = sum(ingress.process_cpu_seconds(proc.pid) for proc in procs)
         if out is not None:
@@ -701,6 +702,12 @@ def part_pacing(
         f"429 answers: {stats['too_many']} (refused for chat {stats['violations']['chat']}, "
         f"group {stats['violations']['group']}, bot {stats['violations']['bot']})"
     )
+    inside = [wait for waits in stats["refused_by"].values() for wait in waits]
+    if inside:
+        print(
+            f"  refused sends came {statistics.median(inside) * 1000:.1f} ms (median) "
+            f"[{min(inside) * 1000:.1f}-{max(inside) * 1000:.1f}] before their window allowed"
+        )
     print(
         f"violations among accepted sends (recounted): chat {broken['chat']}, "
         f"group {broken['group']}, bot {broken['bot']}"

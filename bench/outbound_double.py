@@ -47,6 +47,9 @@ class Double:
         self.group_times: dict[tuple[int, int], deque[float]] = {}
         self.bot_times: dict[int, deque[float]] = {}
         self.sends: list[tuple[int, int, float]] = []
+        # How far inside its window each refused send came (seconds): jitter on a
+        # sender pacing at exactly the limit shows as a few milliseconds.
+        self.refused_by: dict[str, list[float]] = {"chat": [], "group": [], "bot": []}
 
     def refusal(self, bot: int, chat: int, now: float) -> tuple[str, float] | None:
         """The first limit this send would break and how long until it would not."""
@@ -94,6 +97,7 @@ def build_app(double: Double) -> web.Application:
                 kind, wait = refused
                 double.too_many += 1
                 double.violations[kind] += 1
+                double.refused_by[kind].append(wait)
                 retry_after = max(1, math.ceil(wait))
                 return web.json_response(
                     {
@@ -125,6 +129,7 @@ def build_app(double: Double) -> web.Application:
             "too_many": double.too_many,
             "other": double.other,
             "violations": double.violations,
+            "refused_by": double.refused_by,
             "now": time.monotonic(),
         }
         if request.query.get("sends"):
