@@ -3,9 +3,11 @@ ingestion and housekeeping.
 
 `run_worker` opens the runtime, runs the outbound dispatcher
 (`app.messages.dispatcher`) and, every `refresh_interval`, expires messages left
-pending past APPROVAL_TTL and reconciles the pollers with the database (see `PollerSupervisor`: live polling-mode connections
-are polled, deleted or switched-to-webhook ones stop being polled) and runs the
-housekeeping. Any number of replicas may run: leases keep each bot with one poller.
+pending past APPROVAL_TTL and reconciles the pollers with the database (see
+`PollerSupervisor`: live polling-mode connections are polled, deleted or
+switched-to-webhook ones stop being polled) and runs the housekeeping. Any number
+of replicas may run: leases keep each bot with one poller, claims each message with
+one worker.
 
 Stopping: setting `stop` (the CLI wires SIGTERM and SIGINT to it) lets every
 poller finish the batch it is storing, then releases the leases so another
