@@ -47,7 +47,7 @@ from app.connections.status import UNAUTHORIZED_HINT
 from app.db import utcnow
 from app.inbox.recording import SentOutbound, move_chat, record_outbound_sent, set_outbound_status
 from app.messages import states
-from app.messages.models import MessageStatus
+from app.messages.models import MessageStatus, telegram_chat_id
 from app.messages.pacing import Pacer
 from app.ratelimit import RateLimiter, RateLimiterUnavailable
 from app.telegram.client import TelegramClient
@@ -79,10 +79,6 @@ class DispatchSettings:
     idle_wait: float = 0.5
     backoff_base: float = 1.0
     backoff_cap: float = 300.0
-
-
-def _chat_id(stored: str) -> int | str:
-    return stored if stored.startswith("@") else int(stored)
 
 
 class Dispatcher:
@@ -175,7 +171,7 @@ class Dispatcher:
         if sent_today.get(row.connection_id, 0) >= target.daily_limit:
             await self._defer(row, _seconds_to_midnight(self._clock()), attempted=False)
             return
-        chat_id = _chat_id(row.chat_id)
+        chat_id = telegram_chat_id(row.chat_id)
         try:
             verdict = await self._pacer.admit(row.connection_id, chat_id)
         except RateLimiterUnavailable:

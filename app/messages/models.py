@@ -106,3 +106,8 @@ class OutboundMessage(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+def telegram_chat_id(stored: str) -> int | str:
+    """A stored `chat_id` as Telegram takes it: an integer, or "@channelusername"."""
+    return stored if stored.startswith("@") else int(stored)

@@ -6,9 +6,11 @@ import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit.repository import AuditRepository
 from app.auth.deps import Admin, AnyRole, Reviewer, Sender
+from app.auth.service import AuthContext
 from app.deps import DbSession
 from app.errors import Forbidden, NotFound, Unauthenticated, ValidationFailed, responses
 from app.messages.errors import (
@@ -18,9 +20,9 @@ from app.messages.errors import (
     NotPending,
     SelfApproval,
 )
-from app.messages.models import MessageStatus, OutboundMessage
+from app.messages.models import MessageStatus, OutboundMessage, telegram_chat_id
 from app.messages.schemas import AuditEventOut, MessageCreate, MessageOut, RejectBody
-from app.messages.service import MessageService, chat_id_of
+from app.messages.service import MessageService
 from app.pagination import Page, PageParams, page_of
 
 router = APIRouter(prefix="/api/v1", tags=["messages"])
@@ -36,8 +38,13 @@ IdempotencyKey = Annotated[
 ]
 
 
-def message_service(request: Request, session: DbSession, auth: AnyRole) -> MessageService:
+def service_for(request: Request, session: AsyncSession, auth: AuthContext) -> MessageService:
+    """The service for this caller; pending messages expire after the app's APPROVAL_TTL."""
     return MessageService(session, auth, request.app.state.settings.approval_ttl)
+
+
+def message_service(request: Request, session: DbSession, auth: AnyRole) -> MessageService:
+    return service_for(request, session, auth)
 
 
 def message_out(message: OutboundMessage) -> MessageOut:
@@ -45,7 +52,7 @@ def message_out(message: OutboundMessage) -> MessageOut:
         id=message.id,
         connection_id=message.connection_id,
         conversation_id=message.conversation_id,
-        chat_id=chat_id_of(message),
+        chat_id=telegram_chat_id(message.chat_id),
         text=message.text,
         parse_mode=message.parse_mode,
         status=message.status,
@@ -95,7 +102,7 @@ async def send_message(
     (`pending_approval`), or is `queued` at once when the connection's
     `approval_mode` is `none`. 202 with the message; with an `Idempotency-Key` seen
     before and the same body, 200 with that message; with another body, 409."""
-    service = MessageService(session, auth, request.app.state.settings.approval_ttl)
+    service = service_for(request, session, auth)
     message, created = await service.create(body, idempotency_key)
     if not created:
         response.status_code = 200
@@ -148,7 +155,7 @@ async def approve_message(
     The message is queued for sending at once. A message no longer pending
     (decided by someone else, expired, cancelled) is 409 `not_pending`, naming its
     status; of two reviewers racing, exactly one wins."""
-    service = MessageService(session, auth, request.app.state.settings.approval_ttl)
+    service = service_for(request, session, auth)
     return message_out(await service.approve(message_id))
 
 
@@ -164,7 +171,7 @@ async def reject_message(
 ) -> MessageOut:
     """Reviewer or admin, never the requester. The message is never sent; the reason
     is kept on the message and in the audit trail."""
-    service = MessageService(session, auth, request.app.state.settings.approval_ttl)
+    service = service_for(request, session, auth)
     return message_out(await service.reject(message_id, body.reason))
 
 
@@ -178,7 +185,7 @@ async def cancel_message(
 ) -> MessageOut:
     """The token that requested it, or an admin, while it is pending approval or
     queued (409 `not_cancellable` otherwise)."""
-    service = MessageService(session, auth, request.app.state.settings.approval_ttl)
+    service = service_for(request, session, auth)
     return message_out(await service.cancel(message_id))
 
 

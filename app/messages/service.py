@@ -63,11 +63,6 @@ def fingerprint(body: MessageCreate) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def chat_id_of(message: OutboundMessage) -> int | str:
-    """The stored chat id as Telegram takes it: an integer, or "@channelusername"."""
-    return message.chat_id if message.chat_id.startswith("@") else int(message.chat_id)
-
-
 class MessageService:
     def __init__(self, session: AsyncSession, auth: AuthContext, approval_ttl: timedelta) -> None:
         self.session = session

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -18,25 +17,20 @@ from app.messages.models import MessageStatus, OutboundMessage
 from tests.conftest import TEST_REDIS_URL, TEST_VAULT_KEYS, WorkspaceFixture
 from tests.messages.test_dispatcher import connect, reaches, request
 from tests.telegram_double.double import TelegramDouble
+from tests.test_pipeline_processes import process_env
 from tests.waiting import eventually
 
 
 def worker_env(tmp_path: Path, settings: Settings, **extra: str) -> dict[str, str]:
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("DATABASE_", "REDIS_", "VAULT_", "PUBLIC_BASE", "TELEGRAM_"))
-    }
-    env.update(
-        DATA_DIR=str(tmp_path / "data"),
-        APP_ENV="development",
+    """A fresh shell's environment, pointed at the test database, Redis and double."""
+    return process_env(
+        tmp_path,
         DATABASE_URL=settings.effective_database_url,
         REDIS_URL=TEST_REDIS_URL,
         VAULT_KEYS=TEST_VAULT_KEYS,
         TELEGRAM_API_BASE=settings.telegram_api_base,
         **extra,
     )
-    return env
 
 
 def start_worker(env: dict[str, str]) -> subprocess.Popen[str]:
