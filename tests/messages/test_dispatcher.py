@@ -218,7 +218,12 @@ async def test_a_429_waits_retry_after_without_spending_an_attempt(
     telegram_double.fail_next("sendMessage", status=429, retry_after=2, bot=bot)
     message = await request(app_client, workspace, connection_id, chat_id=501, text="later")
     async with dispatching(db_engine, settings, redis_client):
-        waiting = await reaches(app_client, workspace, message["id"], "queued")
+        # The message starts out queued: wait for the attempt Telegram refused.
+        async def deferred() -> dict[str, Any] | None:
+            current = await status_of(app_client, workspace, message["id"])
+            return current if current["last_error"] and current["status"] == "queued" else None
+
+        waiting = await eventually(deferred, "the message to wait out Telegram's 429")
         assert waiting["attempts"] == 0
         assert "retry after 2" in (waiting["last_error"] or "")
         sent = await reaches(app_client, workspace, message["id"], "sent")
