@@ -13,7 +13,7 @@ import json
 import signal
 import sys
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -65,9 +65,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.set_defaults(run=lambda s, a: _serve(s, a.host, a.port, a.with_worker))
 
     worker = commands.add_parser(
-        "worker", help="run the worker: long-polling ingestion and housekeeping"
+        "worker", help="run the worker: outbound sending, long-polling ingestion and housekeeping"
     )
-    worker.set_defaults(run=lambda s, a: asyncio.run(_worker(s)))
+    worker.set_defaults(run=lambda s, a: _run_fast(_worker(s)))
     migrate = commands.add_parser("migrate", help="apply database migrations")
     migrate.set_defaults(run=lambda s, a: _migrate(s))
 
@@ -166,6 +166,17 @@ def _serve(settings: Settings, host: str, port: int, with_worker: bool) -> int:
         ws="none",
     )
     return 0
+
+
+def _run_fast(main: Coroutine[Any, Any, int]) -> int:
+    """Run on uvloop where it is installed (it comes with uvicorn's standard extras,
+    as `serve` uses it): the dispatcher's sends cost noticeably less CPU on it."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)
 
 
 async def _worker(settings: Settings) -> int:

@@ -222,6 +222,9 @@ def configure_logging(*, json_output: bool, level: str = "INFO", access_log: boo
     )
     structlog.configure(
         processors=[
+            # First: an event below the logger's level costs nothing more (the
+            # Telegram client logs every call at DEBUG, on the dispatcher's hot path).
+            structlog.stdlib.filter_by_level,
             *_shared_processors(),
             structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
         ],

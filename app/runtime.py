@@ -4,9 +4,10 @@
   client, the vault, the webhook ingress (an engine of its own, the group-commit
   writer, the key directory and its cross-replica invalidation listener), and
   what the connections domain needs (`ConnectionCollaborators`).
-- `open_worker_runtime`: the worker. One engine, the Telegram client, the vault,
-  the pacing limiter, and a publisher of route changes (no ingress pool, no
-  writer, no listener).
+- `open_worker_runtime`: the worker. One engine, the Telegram client (over
+  aiohttp: the dispatcher keeps dozens of sends in flight, see
+  app/telegram/transport.py), the vault, the outbound pacer, and a publisher of
+  route changes (no ingress pool, no writer, no listener).
 - One-shot commands (`app.cli`) open one engine and nothing else.
 
 Each opens its resources in order and closes them in reverse. Domain modules
@@ -20,6 +21,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated
 
+import aiohttp
 import httpx
 import structlog
 from fastapi import Depends, Request
@@ -34,6 +36,7 @@ from app.ingress.directory import ConnectionDirectory, DirectoryInvalidator, Rou
 from app.ingress.store import UpdateWriter
 from app.ingress.webhook import WebhookIngress
 from app.locks import OperationLocks
+from app.messages.pacing import LocalOutboundPacer, OutboundPacer, RedisOutboundPacer
 from app.messages.states import cancel_unsent_of_deleted_connection
 from app.ratelimit import (
     CachedPeek,
@@ -74,8 +77,8 @@ class WorkerRuntime:
     credentials: ConnectionCredentials
     telegram: TelegramClient
     routes: RouteChangePublisher
-    # The outbound pacing limits, shared by every worker through Redis.
-    limiter: RateLimiter
+    # Telegram's sending limits, shared by every worker through Redis.
+    pacer: OutboundPacer
 
 
 def create_redis(url: str, client_name: str | None = None) -> Redis:
@@ -116,6 +119,19 @@ def _redis(stack: AsyncExitStack, settings: Settings, role: str) -> Redis | None
     redis = create_redis(settings.redis_url, f"{settings.database_application_name}-{role}")
     stack.push_async_callback(redis.aclose)
     return redis
+
+
+def _worker_telegram(stack: AsyncExitStack, settings: Settings) -> TelegramClient:
+    # No total limit: the dispatcher bounds its sends in flight itself, and the
+    # pollers hold one long poll per bot.
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=30),
+        raise_for_status=False,
+    )
+    stack.push_async_callback(session.close)
+    return TelegramClient(
+        session, settings.telegram_api_base, request_timeout=settings.telegram_request_timeout
+    )
 
 
 def _telegram(stack: AsyncExitStack, settings: Settings) -> TelegramClient:
@@ -221,9 +237,9 @@ async def open_worker_runtime(
             redis=redis,
             vault=vault,
             credentials=ConnectionCredentials(vault),
-            telegram=_telegram(stack, settings),
+            telegram=_worker_telegram(stack, settings),
             routes=RouteChangePublisher(redis),
-            limiter=RedisRateLimiter(redis) if redis is not None else LocalRateLimiter(),
+            pacer=RedisOutboundPacer(redis) if redis is not None else LocalOutboundPacer(),
         )
 
 

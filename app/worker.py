@@ -19,6 +19,7 @@ Telegram) and the leases are still released where possible.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import secrets
 import socket
@@ -93,7 +94,7 @@ async def run_worker(
             engine=runtime.engine,
             credentials=runtime.credentials,
             telegram=runtime.telegram,
-            limiter=runtime.limiter,
+            pacer=runtime.pacer,
             owner=owner,
             settings=dispatch
             or DispatchSettings(
@@ -101,6 +102,10 @@ async def run_worker(
                 lease_seconds=settings.dispatch_lease_seconds,
             ),
         )
+        # As the API server does: what lives as long as the process is kept out of the
+        # collector's sight, so full collections stay short under load.
+        gc.collect()
+        gc.freeze()
         log.info("worker_started", long_poll_timeout=long_poll_timeout)
         sending = asyncio.create_task(dispatcher.run(stop), name="outbound-dispatcher")
         try:

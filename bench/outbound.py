@@ -1,15 +1,16 @@
 """Outbound benchmark (SPEC section 10): `integrations worker` processes delivering
 queued messages to a local Bot API double, side by side with a bare send loop.
 
-    .venv/bin/python bench/outbound.py [--messages 3000] [--bots 100] [--duration 20]
+    .venv/bin/python bench/outbound.py [--messages 20000] [--bots 100] [--duration 20]
                                        [--only throughput|pacing]
 
 (a) throughput: the double enforces nothing. N queued messages across many bots,
     each chat used once, so that pacing never decides. 1 and then 2 worker
     processes send them all (timed until every row is `sent`); against bare loops
-    that send the same N calls with the dispatcher's concurrency (32 in flight per
-    process) through the service's own TelegramClient on httpx, storing nothing,
-    and, for reference, through aiohttp.
+    that send the same N calls with the dispatcher's concurrency (its
+    `DispatchSettings.concurrency` in flight per process), storing nothing: through
+    the service's own TelegramClient on aiohttp (the worker's transport), in 1 and
+    2 processes, and for reference on httpx and through a raw aiohttp session.
 (b) pacing: the double answers 429 where Telegram's limits are exceeded. Every bot
     has a backlog over private chats and groups; 2 workers run for --duration
     seconds; the achieved rate is compared with the rate the limits allow, and the
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import json
 import math
@@ -56,9 +58,12 @@ import ingress  # noqa: E402  (bench/ingress.py: process, database and Redis hel
 from ingress import BenchError, Fixture, free_port, require_loopback, spawn, stop  # noqa: E402
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/6"
+# --bare-child: the service's TelegramClient on aiohttp ("client") or on httpx, or a
+# raw aiohttp session.
+BARE_NAMES = {"client": "client", "httpx": "httpx", "aiohttp": "aiohttp raw"}
 DOUBLE = BENCH_DIR / "outbound_double.py"
-# The dispatcher's defaults (app.messages.dispatcher.DispatchSettings).
-CONCURRENCY = 32
+# The workers' log level (--worker-log-level); INFO shows the dispatcher's stats.
+WORKER_LOG_LEVEL = ["WARNING"]
 BOT_ID_BASE = 700_000_000
 DAILY_LIMIT = 100_000_000
 # Telegram's limits, as the double enforces them.
@@ -243,7 +248,7 @@ class DoubleProcess:
 
 def worker_env(fixture: Fixture, api_base: str) -> dict[str, str]:
     env = dict(os.environ)
-    env.update(ingress.service_settings(fixture, 0))
+    env.update(ingress.service_settings(fixture, 0, log_level=WORKER_LOG_LEVEL[0]))
     env["TELEGRAM_API_BASE"] = api_base
     return env
 
@@ -292,8 +297,8 @@ class Rate:
 
 def throughput_plan(messages: int, bots: int) -> list[Send]:
     # Round-robin over the bots, every chat used once, so no chat or group limit
-    # binds. A bot's own 30/s (burst 1) could: 100 bots allow 3,000/s in all, well
-    # above what the senders reach here; --bots raises it.
+    # binds. A bot's own 30/s could: 400 bots allow 12,000/s in all, above what the
+    # senders reach here; --throughput-bots sets it.
     return [Send(number % bots, 10_000_000 + number) for number in range(messages)]
 
 
@@ -429,30 +434,42 @@ def run_workers_until_sent(
 
 
 async def bare_child(client: str, base: str, plan: list[Any], part: int, parts: int) -> None:
-    """One bare loop process: its share of the calls, CONCURRENCY in flight, nothing
-    stored. Prints a JSON line: calls, first request and last answer (wall clock)."""
+    """One bare loop process: its share of the calls, the dispatcher's concurrency in
+    flight, nothing stored. Prints a JSON line: calls, first request and last answer
+    (wall clock)."""
     calls = plan[part::parts]
     queue: asyncio.Queue[tuple[str, int, str]] = asyncio.Queue()
     for call in calls:
         queue.put_nowait((call[0], call[1], call[2]))
     failures = 0
 
-    if client == "httpx":
+    from app.messages.dispatcher import DispatchSettings
+
+    concurrency = DispatchSettings().concurrency
+    if client in ("httpx", "client"):
+        import aiohttp
         import httpx
 
         from app.telegram.client import TelegramClient
 
-        # As app.runtime builds it for the worker.
-        http = httpx.AsyncClient(
-            timeout=httpx.Timeout(10.0, connect=5.0),
-            limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
-        )
+        # As app.runtime builds them: httpx for the API server, aiohttp for the worker.
+        http: Any
+        if client == "httpx":
+            http = httpx.AsyncClient(
+                timeout=httpx.Timeout(10.0, connect=5.0),
+                limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+            )
+            close: Any = http.aclose
+        else:
+            http = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=30)
+            )
+            close = http.close
         telegram = TelegramClient(http, base, request_timeout=10.0)
 
         async def send(token: str, chat_id: int, text: str) -> None:
             await telegram.send_message(token, chat_id=chat_id, text=text)
 
-        close: Any = http.aclose
     else:
         import aiohttp
 
@@ -483,7 +500,7 @@ async def bare_child(client: str, base: str, plan: list[Any], part: int, parts: 
                 failures += 1
 
     first = time.time()
-    await asyncio.gather(*(lane() for _ in range(CONCURRENCY)))
+    await asyncio.gather(*(lane() for _ in range(concurrency)))
     last = time.time()
     await close()
     print(json.dumps({"calls": len(calls), "failures": failures, "first": first, "last": last}))
@@ -521,7 +538,7 @@ def run_bare(
     calls = sum(int(r["calls"]) - int(r["failures"]) for r in results)
     span = max(r["last"] for r in results) - min(r["first"] for r in results)
     failures = sum(int(r["failures"]) for r in results)
-    name = f"bare {client} x{processes}"
+    name = f"bare {BARE_NAMES[client]} x{processes}"
     return Rate(name, calls, span, wall, cpu, f"{failures} failed" if failures else "")
 
 
@@ -531,7 +548,7 @@ def part_throughput(
     sends = throughput_plan(messages, len(seeded.bots))
     results: list[Rate] = []
     cpu_before = ingress.children_cpu_seconds()
-    for client, processes in (("httpx", 1), ("httpx", 2), ("aiohttp", 1)):
+    for client, processes in (("client", 1), ("client", 2), ("httpx", 1), ("aiohttp", 1)):
         log(f"(a) bare loop, {client}, {processes} process(es), {messages} calls")
         rate = run_bare(client, processes, seeded, sends, logs)
         # children_cpu_seconds() accumulates over every reaped child.
@@ -543,7 +560,7 @@ def part_throughput(
         results.append(run_workers_until_sent(fixture, seeded, sends, workers, logs, out))
 
     by_name = {rate.name: rate for rate in results}
-    bare1, bare2 = by_name["bare httpx x1"], by_name["bare httpx x2"]
+    bare1, bare2 = by_name["bare client x1"], by_name["bare client x2"]
     print()
     print(
         f"(a) throughput: {messages} messages, {len(seeded.bots)} bots, each chat once, no limits"
@@ -563,11 +580,12 @@ def part_throughput(
     )
     two = by_name["2 workers"]
     fast_enough = two.per_second >= 1000
-    half_bare = two.per_second >= bare1.per_second / 2
+    half_bare = two.per_second >= bare2.per_second / 2
     print(
         f"target 2 workers >= 1000 msg/s: {'met' if fast_enough else 'NOT met'} "
         f"({two.per_second:.0f}); >= half the bare loop's rate: "
-        f"{'met' if half_bare else 'NOT met'} ({two.per_second / bare1.per_second:.2f}x bare x1)"
+        f"{'met' if half_bare else 'NOT met'} ({two.per_second / bare2.per_second:.2f}x "
+        f"bare client x2, {two.per_second / bare1.per_second:.2f}x bare client x1)"
     )
     return all(not rate.note for rate in results)
 
@@ -729,8 +747,14 @@ def part_pacing(
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--messages", type=int, default=3000, help="(a) messages (default 3000)")
-    parser.add_argument("--bots", type=int, default=100, help="bots (default 100)")
+    parser.add_argument("--messages", type=int, default=20000, help="(a) messages (default 20000)")
+    parser.add_argument("--bots", type=int, default=100, help="(b) bots (default 100)")
+    parser.add_argument(
+        "--throughput-bots",
+        type=int,
+        default=400,
+        help="(a) bots (default 400: their 30/s each allow 12,000/s, above any sender here)",
+    )
     parser.add_argument("--duration", type=float, default=20.0, help="(b) seconds (default 20)")
     parser.add_argument("--only", choices=("throughput", "pacing"))
     parser.add_argument("--redis-url", default=os.environ.get("BENCH_REDIS_URL", DEFAULT_REDIS_URL))
@@ -741,14 +765,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--profile", type=Path, help="record worker 1 with py-spy into this directory"
     )
+    parser.add_argument(
+        "--worker-log-level",
+        default="WARNING",
+        help="the workers' LOG_LEVEL (INFO shows the dispatcher's stats; default WARNING)",
+    )
     # Internal: one bare loop process (see run_bare).
-    parser.add_argument("--bare-child", choices=("httpx", "aiohttp"), help=argparse.SUPPRESS)
+    parser.add_argument("--bare-child", choices=tuple(BARE_NAMES), help=argparse.SUPPRESS)
     parser.add_argument("--bare-base", help=argparse.SUPPRESS)
     parser.add_argument("--bare-plan", help=argparse.SUPPRESS)
     parser.add_argument("--bare-part", default="0/1", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if not 1 <= args.messages <= 1_000_000 or not 1 <= args.bots <= 10_000:
         parser.error("--messages must be 1..1000000 and --bots 1..10000")
+    if not 1 <= args.throughput_bots <= 10_000:
+        parser.error("--throughput-bots must be 1..10000")
     if not 3 <= args.duration <= 600:
         parser.error("--duration must be 3..600 seconds")
     return args
@@ -774,6 +805,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     signal.signal(signal.SIGTERM, _interrupt)
+    WORKER_LOG_LEVEL[0] = args.worker_log_level
     fixture: Fixture | None = None
     ok = True
     logs = Path(tempfile.mkdtemp(prefix="bench_outbound_"))
@@ -787,13 +819,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         asyncio.run(ingress._create_database(fixture))
         fixture.created = True
         upgrade_to_head(fixture.database_url)  # runs its own event loop
-        seeded = asyncio.run(seed(fixture, args.bots))
+        seeded = asyncio.run(seed(fixture, max(args.bots, args.throughput_bots)))
         if args.profile is not None:
             args.profile.mkdir(parents=True, exist_ok=True)
         if args.only in (None, "throughput"):
-            ok = part_throughput(fixture, seeded, args.messages, logs, args.profile) and ok
+            first = dataclasses.replace(seeded, bots=seeded.bots[: args.throughput_bots])
+            ok = part_throughput(fixture, first, args.messages, logs, args.profile) and ok
         if args.only in (None, "pacing"):
-            ok = part_pacing(fixture, seeded, args.duration, logs, args.profile) and ok
+            first = dataclasses.replace(seeded, bots=seeded.bots[: args.bots])
+            ok = part_pacing(fixture, first, args.duration, logs, args.profile) and ok
     except BenchError as exc:
         log(f"error: {exc}")
         ok = False

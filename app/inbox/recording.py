@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from sqlalchemy import Table, insert, select, update
+from sqlalchemy import Table, bindparam, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from app.db import new_id
@@ -392,68 +393,91 @@ async def record_outbound_sent(
     """Record Telegram's message ids; a message whose conversation was unknown gets
     its conversation (by the chat Telegram answered with) and its inbox row now.
 
-    Returns the conversation id of each message whose conversation was created or
-    found here, for the messages domain to remember.
+    A batch costs a few statements, however many messages it holds. Returns the
+    conversation id of each message whose conversation was created or found here,
+    for the messages domain to remember.
     """
-    found: dict[uuid.UUID, uuid.UUID] = {}
-    for item in sent:
-        if item.conversation_id is not None:
-            await executor.execute(
-                update(MESSAGES_TABLE)
-                .where(MESSAGES_TABLE.c.outbound_message_id == item.outbound_message_id)
-                .values(
-                    telegram_message_id=item.telegram_message_id,
-                    delivery_status="sent",
-                    sent_at=item.sent_at,
-                )
-            )
-            continue
-        key = ConversationKey(chat_id=item.chat_id).encode()
-        conversation = conversation_id(item.connection_id, key)
-        await _ensure_conversation(executor, item, key, conversation)
-        await record_outbound(
-            executor,
-            outbound_message_id=item.outbound_message_id,
-            workspace_id=item.workspace_id,
-            connection_id=item.connection_id,
-            conversation_id=conversation,
-            text=item.text,
-            status="sent",
-            at=item.sent_at,
-        )
+    known = [item for item in sent if item.conversation_id is not None]
+    if known:
         await executor.execute(
             update(MESSAGES_TABLE)
-            .where(MESSAGES_TABLE.c.outbound_message_id == item.outbound_message_id)
-            .values(telegram_message_id=item.telegram_message_id)
+            .where(MESSAGES_TABLE.c.outbound_message_id == bindparam("o_id"))
+            .values(
+                telegram_message_id=bindparam("o_telegram_id"),
+                delivery_status="sent",
+                sent_at=bindparam("o_sent_at", type_=MESSAGES_TABLE.c.sent_at.type),
+            ),
+            [
+                {
+                    "o_id": item.outbound_message_id,
+                    "o_telegram_id": item.telegram_message_id,
+                    "o_sent_at": item.sent_at,
+                }
+                for item in known
+            ],
         )
-        found[item.outbound_message_id] = conversation
+    unknown = [item for item in sent if item.conversation_id is None]
+    if not unknown:
+        return {}
+    found: dict[uuid.UUID, uuid.UUID] = {}
+    conversations: dict[uuid.UUID, dict[str, Any]] = {}
+    for item in unknown:
+        key = ConversationKey(chat_id=item.chat_id).encode()
+        row_id = conversation_id(item.connection_id, key)
+        found[item.outbound_message_id] = row_id
+        conversations.setdefault(row_id, _conversation_row(item, key, row_id))
+    await _insert_missing(executor, CONVERSATIONS_TABLE, list(conversations.values()))
+    await executor.execute(
+        insert(MESSAGES_TABLE),
+        [
+            {
+                "id": new_id(),
+                "workspace_id": item.workspace_id,
+                "connection_id": item.connection_id,
+                "conversation_id": found[item.outbound_message_id],
+                "direction": "outbound",
+                "telegram_message_id": item.telegram_message_id,
+                "sender_contact_id": None,
+                "content_kind": "text",
+                "text": clean_text(item.text),
+                "sent_at": item.sent_at,
+                "edited_at": None,
+                "received_at": item.sent_at,
+                "outbound_message_id": item.outbound_message_id,
+                "delivery_status": "sent",
+            }
+            for item in unknown
+        ],
+    )
     return found
 
 
-async def _ensure_conversation(
-    executor: AsyncSession | AsyncConnection, item: SentOutbound, key: str, row_id: uuid.UUID
+def _conversation_row(item: SentOutbound, key: str, row_id: uuid.UUID) -> dict[str, Any]:
+    return {
+        "id": row_id,
+        "workspace_id": item.workspace_id,
+        "connection_id": item.connection_id,
+        "key": key,
+        "chat_id": item.chat_id,
+        "chat_type": clean_text(item.chat_type, 32),
+        "title": clean_text(item.chat_title, 256),
+        "business_connection_id": None,
+        "thread_id": None,
+        "direct_messages_topic_id": None,
+        "created_at": item.sent_at,
+        "last_activity_at": item.sent_at,
+    }
+
+
+async def _insert_missing(
+    executor: AsyncSession | AsyncConnection, table: Table, rows: list[dict[str, Any]]
 ) -> None:
-    exists = await executor.execute(
-        select(CONVERSATIONS_TABLE.c.id).where(CONVERSATIONS_TABLE.c.id == row_id)
-    )
-    if exists.first() is not None:
-        return
-    await executor.execute(
-        insert(CONVERSATIONS_TABLE).values(
-            id=row_id,
-            workspace_id=item.workspace_id,
-            connection_id=item.connection_id,
-            key=key,
-            chat_id=item.chat_id,
-            chat_type=clean_text(item.chat_type, 32),
-            title=clean_text(item.chat_title, 256),
-            business_connection_id=None,
-            thread_id=None,
-            direct_messages_topic_id=None,
-            created_at=item.sent_at,
-            last_activity_at=item.sent_at,
-        )
-    )
+    """Insert the rows that do not exist yet; ingress (or another worker) may be
+    creating the same conversation at this moment."""
+    dialect = (executor.bind if isinstance(executor, AsyncSession) else executor).dialect
+    build = postgresql.insert if dialect.name == "postgresql" else sqlite.insert
+    # Rows as parameters, not as VALUES: the statement compiles once, however many.
+    await executor.execute(build(table).on_conflict_do_nothing(), rows)
 
 
 def conversation_for_chat(connection_id: uuid.UUID, chat_id: int) -> uuid.UUID:

@@ -12,7 +12,18 @@ import enum
 import uuid
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, Integer, String, Text, Uuid, text
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    Uuid,
+    false,
+    text,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base, StrEnumType, UTCDateTime, new_id, utcnow
@@ -94,6 +105,9 @@ class OutboundMessage(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # The message holds a place in its chat's pacing schedule (app.messages.pacing):
+    # when it is due again it keeps that place rather than queue behind later ones.
+    holds_place: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     # The worker that claimed a `sending` row, and until when; an expired lease is
     # claimed again (its worker died).
     lease_owner: Mapped[str | None] = mapped_column(String(64), nullable=True)

@@ -19,7 +19,19 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Row, Table, and_, or_, select, update
+from sqlalchemy import (
+    Boolean,
+    ColumnElement,
+    Integer,
+    Row,
+    Table,
+    and_,
+    bindparam,
+    func,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from app.audit.repository import record, record_many
@@ -208,10 +220,14 @@ async def cancel_for_connection(
 # -- the dispatcher's transitions ---------------------------------------------------
 
 
-def claimable(now: datetime) -> ColumnElement[bool]:
-    """Due queued messages, and sending ones whose worker's lease ran out."""
+def claimable(now: datetime, due_by: datetime | None = None) -> ColumnElement[bool]:
+    """Queued messages due by `due_by` (default: now), and sending ones whose
+    worker's lease ran out."""
     return or_(
-        and_(MESSAGES.c.status == MessageStatus.queued, MESSAGES.c.next_attempt_at <= now),
+        and_(
+            MESSAGES.c.status == MessageStatus.queued,
+            MESSAGES.c.next_attempt_at <= (now if due_by is None else due_by),
+        ),
         and_(MESSAGES.c.status == MessageStatus.sending, MESSAGES.c.lease_until < now),
     )
 
@@ -223,18 +239,29 @@ async def claim(
     now: datetime,
     lease_until: datetime,
     limit: int,
+    due_by: datetime | None = None,
     paused_connections: ColumnElement[bool] | None = None,
 ) -> Sequence[Row[Any]]:
-    """queued (or lease-expired sending) -> sending under `owner`'s lease.
+    """queued (due by `due_by`, default now) or lease-expired sending -> sending
+    under `owner`'s lease.
 
     On PostgreSQL the candidates are locked with SKIP LOCKED, so concurrent
     workers claim disjoint rows without waiting on each other; on SQLite one
     statement is atomic under the database's single writer lock.
     """
+    # Messages whose place in their chat's schedule has come first: they are the
+    # sends due now, while a new message only needs its place. Then the oldest due
+    # and, among messages due at once, in the order they were requested, so a
+    # chat's messages reach the pacer (and Telegram) in order.
     candidates = (
         select(MESSAGES.c.id)
-        .where(claimable(now))
-        .order_by(MESSAGES.c.next_attempt_at, MESSAGES.c.id)
+        .where(claimable(now, due_by))
+        .order_by(
+            MESSAGES.c.holds_place.desc(),
+            MESSAGES.c.next_attempt_at,
+            MESSAGES.c.created_at,
+            MESSAGES.c.id,
+        )
         .limit(limit)
     )
     if paused_connections is not None:
@@ -243,7 +270,7 @@ async def claim(
         candidates = candidates.with_for_update(skip_locked=True)
     stmt = (
         update(MESSAGES)
-        .where(MESSAGES.c.id.in_(candidates.scalar_subquery()), claimable(now))
+        .where(MESSAGES.c.id.in_(candidates.scalar_subquery()), claimable(now, due_by))
         .values(
             status=MessageStatus.sending,
             lease_owner=owner,
@@ -265,28 +292,50 @@ def _held(message_id: uuid.UUID, owner: str) -> ColumnElement[bool]:
 
 async def mark_sent(
     connection: AsyncConnection,
-    message_id: uuid.UUID,
     owner: str,
-    telegram_message_id: int,
+    sent: Sequence[tuple[uuid.UUID, int]],
     at: datetime,
-    **values: Any,
-) -> bool:
-    stmt = (
-        update(MESSAGES)
-        .where(_held(message_id, owner))
-        .values(
-            status=MessageStatus.sent,
-            telegram_message_id=telegram_message_id,
-            sent_at=at,
-            attempts=MESSAGES.c.attempts + 1,
-            last_error=None,
-            lease_owner=None,
-            lease_until=None,
-            updated_at=at,
-            **values,
-        )
+) -> set[uuid.UUID]:
+    """sending -> sent for each (message, Telegram message id) still under `owner`'s
+    lease; returns those. One whose lease ran out is another worker's to record."""
+    if not sent:
+        return set()
+    ids = [message_id for message_id, _ in sent]
+    held = set(
+        (
+            await connection.execute(
+                update(MESSAGES)
+                .where(
+                    MESSAGES.c.id.in_(ids),
+                    MESSAGES.c.status == MessageStatus.sending,
+                    MESSAGES.c.lease_owner == owner,
+                )
+                .values(
+                    status=MessageStatus.sent,
+                    sent_at=at,
+                    attempts=MESSAGES.c.attempts + 1,
+                    last_error=None,
+                    lease_owner=None,
+                    lease_until=None,
+                    updated_at=at,
+                )
+                .returning(MESSAGES.c.id)
+            )
+        ).scalars()
     )
-    return bool((await connection.execute(stmt)).rowcount)
+    if held:
+        # Each row its own Telegram id: one statement, executed for every row.
+        await connection.execute(
+            update(MESSAGES)
+            .where(MESSAGES.c.id == bindparam("m_id"))
+            .values(telegram_message_id=bindparam("m_telegram_id")),
+            [
+                {"m_id": message_id, "m_telegram_id": telegram_id}
+                for message_id, telegram_id in sent
+                if message_id in held
+            ],
+        )
+    return held
 
 
 async def mark_failed(
@@ -307,35 +356,64 @@ async def mark_failed(
     return bool((await connection.execute(stmt)).rowcount)
 
 
+@dataclass(frozen=True)
+class Deferral:
+    """A claimed message goes back to the queue, due at `until`.
+
+    `attempted` counts a failed attempt (5xx, network), not a wait for pacing or
+    for Telegram's rate limit; `error` replaces `last_error` when given;
+    `holds_place` is the pacer's word on its place in its chat's schedule.
+    """
+
+    message_id: uuid.UUID
+    until: datetime
+    attempted: bool = False
+    error: str | None = None
+    holds_place: bool | None = None
+
+
 async def defer(
-    connection: AsyncConnection,
-    message_id: uuid.UUID,
-    owner: str,
-    until: datetime,
-    at: datetime,
-    *,
-    attempted: bool,
-    error: str | None = None,
-    **values: Any,
-) -> bool:
-    """sending -> queued, due at `until`; `attempted` counts a failed attempt
-    (5xx, network), not a wait for pacing or Telegram's rate limit."""
-    attempts: Any = MESSAGES.c.attempts + 1 if attempted else MESSAGES.c.attempts
+    connection: AsyncConnection, owner: str, deferrals: Sequence[Deferral], at: datetime
+) -> None:
+    """sending -> queued for each deferral still under `owner`'s lease (one statement,
+    executed for every row)."""
+    if not deferrals:
+        return
     stmt = (
         update(MESSAGES)
-        .where(_held(message_id, owner))
+        .where(
+            MESSAGES.c.id == bindparam("m_id"),
+            MESSAGES.c.status == MessageStatus.sending,
+            MESSAGES.c.lease_owner == owner,
+        )
         .values(
             status=MessageStatus.queued,
-            next_attempt_at=until,
-            attempts=attempts,
-            last_error=error if error is not None else MESSAGES.c.last_error,
+            next_attempt_at=bindparam("m_until", type_=MESSAGES.c.next_attempt_at.type),
+            attempts=MESSAGES.c.attempts + bindparam("m_attempted", type_=Integer),
+            last_error=func.coalesce(
+                bindparam("m_error", type_=MESSAGES.c.last_error.type), MESSAGES.c.last_error
+            ),
+            holds_place=func.coalesce(
+                bindparam("m_holds_place", type_=Boolean), MESSAGES.c.holds_place
+            ),
             lease_owner=None,
             lease_until=None,
             updated_at=at,
-            **values,
         )
     )
-    return bool((await connection.execute(stmt)).rowcount)
+    await connection.execute(
+        stmt,
+        [
+            {
+                "m_id": item.message_id,
+                "m_until": item.until,
+                "m_attempted": 1 if item.attempted else 0,
+                "m_error": item.error,
+                "m_holds_place": item.holds_place,
+            }
+            for item in deferrals
+        ],
+    )
 
 
 async def cancel_unsent_of_deleted_connection(
@@ -347,13 +425,20 @@ async def cancel_unsent_of_deleted_connection(
     )
 
 
-async def set_conversation(
-    connection: AsyncConnection, message_id: uuid.UUID, conversation_id: uuid.UUID
+async def set_conversations(
+    connection: AsyncConnection, conversations: dict[uuid.UUID, uuid.UUID]
 ) -> None:
-    """A message sent by chat id now has the conversation its chat answered with."""
-    await connection.execute(
-        update(MESSAGES).where(MESSAGES.c.id == message_id).values(conversation_id=conversation_id)
-    )
+    """Messages sent by chat id now have the conversation their chat answered with."""
+    if conversations:
+        await connection.execute(
+            update(MESSAGES)
+            .where(MESSAGES.c.id == bindparam("m_id"))
+            .values(conversation_id=bindparam("m_conversation_id")),
+            [
+                {"m_id": message_id, "m_conversation_id": conversation_id}
+                for message_id, conversation_id in conversations.items()
+            ],
+        )
 
 
 async def move_chat(

@@ -1,9 +1,11 @@
 """Async client for the Telegram Bot API.
 
 Contract:
-- One `TelegramClient` wraps a shared `httpx.AsyncClient` it does not own (the
-  app's lifespan creates and closes it). Any number of bots use it: the token is
-  an argument of every call.
+- One `TelegramClient` wraps a shared HTTP client it does not own (the process's
+  runtime creates and closes it): an `httpx.AsyncClient`, an
+  `aiohttp.ClientSession`, or any `Transport` (see transport.py for which one
+  serves which process, and why). Any number of bots use it: the token is an
+  argument of every call.
 - A call is `POST {base_url}/bot{token}/{method}` with a JSON body; parameters
   that are None are omitted. Every request carries an explicit `httpx.Timeout`
   built from `request_timeout`; getUpdates adds its long-poll time to the read
@@ -18,12 +20,14 @@ Contract:
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import quote
 
+import aiohttp
 import httpx
 import structlog
 
@@ -33,6 +37,13 @@ from app.telegram.errors import (
     TelegramServerError,
     error_from_response,
     redact_token_text,
+)
+from app.telegram.transport import (
+    AiohttpTransport,
+    HttpAnswer,
+    HttpxTransport,
+    Transport,
+    TransportFailure,
 )
 from app.telegram.types import BotToken, BotUser, SentMessage, WebhookInfo
 
@@ -60,7 +71,7 @@ class TelegramClient:
 
     def __init__(
         self,
-        http: httpx.AsyncClient,
+        http: httpx.AsyncClient | aiohttp.ClientSession | Transport,
         base_url: str,
         *,
         request_timeout: float,
@@ -68,7 +79,13 @@ class TelegramClient:
     ) -> None:
         if request_timeout <= 0:
             raise ValueError("request_timeout must be positive")
-        self._http = http
+        self._transport: Transport
+        if isinstance(http, httpx.AsyncClient):
+            self._transport = HttpxTransport(http)
+        elif isinstance(http, aiohttp.ClientSession):
+            self._transport = AiohttpTransport(http)
+        else:
+            self._transport = http
         self._base_url = base_url.rstrip("/")
         self._request_timeout = request_timeout
         self._on_call = on_call
@@ -198,31 +215,27 @@ class TelegramClient:
         # quote() keeps a malformed token inside one path segment; ':' stays as is.
         quoted = quote(secret, safe=":")
         url = f"{self._base_url}/bot{quoted}/{method}"
-        timeout = httpx.Timeout(self._request_timeout, read=self._request_timeout + long_poll)
 
         started = time.perf_counter()
         failure: TelegramError | None = None
         answer: TelegramAnswer | None = None
         status: int | None = None
         try:
-            response = await self._http.post(url, json=body, timeout=timeout)
-        except httpx.TimeoutException as exc:
-            failure = TelegramNetworkError(
-                method,
-                f"timed out ({type(exc).__name__})",
-                timeout=True,
-                maybe_delivered=not isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout),
+            response = await self._transport.post(
+                url,
+                body,
+                connect_timeout=self._request_timeout,
+                read_timeout=self._request_timeout + long_poll,
             )
-        except (httpx.HTTPError, httpx.InvalidURL) as exc:
-            # The httpx message embeds the URL (and so the token): keep only its type.
+        except TransportFailure as exc:
             failure = TelegramNetworkError(
                 method,
-                f"transport error ({type(exc).__name__})",
-                timeout=False,
-                maybe_delivered=not isinstance(exc, httpx.ConnectError | httpx.InvalidURL),
+                f"timed out ({exc.kind})" if exc.timeout else f"transport error ({exc.kind})",
+                timeout=exc.timeout,
+                maybe_delivered=exc.maybe_delivered,
             )
         else:
-            status = response.status_code
+            status = response.status
             try:
                 answer = _parse_answer(method, response, (secret, quoted))
             except TelegramError as exc:
@@ -231,8 +244,8 @@ class TelegramClient:
         elapsed = time.perf_counter() - started
         outcome = _outcome(failure)
         self._report(method, outcome, elapsed, status, bot_id, failure)
-        # Raised outside the except blocks so the httpx exception is not even kept
-        # as __context__ (a chained exception's repr would show the URL).
+        # Raised outside the except blocks, so nothing of the transport's failure is
+        # kept as __context__.
         if failure is not None:
             raise failure
         assert answer is not None
@@ -279,19 +292,17 @@ def _outcome(failure: TelegramError | None) -> str:
     return failure.outcome
 
 
-def _parse_answer(
-    method: str, response: httpx.Response, secrets: tuple[str, ...]
-) -> TelegramAnswer:
+def _parse_answer(method: str, response: HttpAnswer, secrets: tuple[str, ...]) -> TelegramAnswer:
     """Decode the Bot API envelope or raise the matching TelegramError."""
     try:
-        payload = response.json()
+        payload = json.loads(response.body)
     except ValueError:
         payload = None
     if not isinstance(payload, dict):
         raise TelegramServerError(
             method,
-            response.status_code,
-            f"unexpected non-JSON answer (HTTP {response.status_code})",
+            response.status,
+            f"unexpected non-JSON answer (HTTP {response.status})",
         )
     if payload.get("ok") is True and "result" in payload:
         description = payload.get("description")
@@ -307,12 +318,12 @@ def _parse_answer(
             payload = {**payload, "description": redact_token_text(description, *secrets)}
         raise error_from_response(
             method,
-            response.status_code,
+            response.status,
             payload,
-            retry_after_header=response.headers.get("retry-after"),
+            retry_after_header=response.retry_after,
         )
     raise TelegramServerError(
-        method, response.status_code, f"unexpected answer shape (HTTP {response.status_code})"
+        method, response.status, f"unexpected answer shape (HTTP {response.status})"
     )
 
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from datetime import UTC, timedelta
 from typing import Any
 
+import aiohttp
 import httpx
 import pytest
 from redis.asyncio import Redis
@@ -18,14 +21,17 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from app.auth.models import Role
 from app.config import Settings
 from app.connections.credentials import ConnectionCredentials
+from app.db import utcnow
 from app.messages.dispatcher import Dispatcher, DispatchSettings
 from app.messages.models import MessageStatus, OutboundMessage
-from app.ratelimit import RedisRateLimiter
+from app.messages.pacing import RedisOutboundPacer
 from app.telegram.client import TelegramClient
 from app.vault import Vault, parse_keyring
 from tests.conftest import TEST_VAULT_KEYS, WorkspaceFixture
-from tests.connections.helpers import connect_bot
+from tests.connections.helpers import connect_bot, webhook_credentials
+from tests.ingress.test_webhook import post_update
 from tests.telegram_double.double import TelegramDouble
+from tests.telegram_double.fixtures import load_update
 from tests.telegram_double.state import FakeBot
 from tests.waiting import eventually
 
@@ -44,14 +50,15 @@ async def dispatching(
 ) -> AsyncIterator[list[Dispatcher]]:
     """`workers` dispatchers (distinct owners, as replicas are) until the block ends."""
     stop = asyncio.Event()
-    async with httpx.AsyncClient() as http:
+    # The worker's own transport (app.runtime builds its client on aiohttp).
+    async with aiohttp.ClientSession() as http:
         telegram = TelegramClient(http, settings.telegram_api_base, request_timeout=5)
         dispatchers = [
             Dispatcher(
                 engine=engine,
                 credentials=ConnectionCredentials(Vault(parse_keyring(TEST_VAULT_KEYS))),
                 telegram=telegram,
-                limiter=RedisRateLimiter(redis, prefix=f"test-{uuid.uuid4().hex[:6]}"),
+                pacer=RedisOutboundPacer(redis, prefix=f"test-{uuid.uuid4().hex[:6]}"),
                 owner=f"worker-{n}",
                 settings=options,
             )
@@ -371,3 +378,226 @@ async def test_a_connection_without_approval_sends_at_once(
     async with dispatching(db_engine, settings, redis_client):
         await reaches(app_client, workspace, message["id"], "sent")
     assert [r.text for r in telegram_double.sent_messages(bot)] == ["now"]
+
+
+async def test_a_chats_messages_go_in_order_a_second_apart_and_a_groups_three(
+    app_client: httpx.AsyncClient,
+    workspace: WorkspaceFixture,
+    telegram_double: TelegramDouble,
+    db_engine: AsyncEngine,
+    settings: Settings,
+    redis_client: Redis,
+) -> None:
+    bot, connection_id = await connect(app_client, workspace, telegram_double)
+    group = -1001000000077
+    ids = []
+    for n in range(3):
+        for chat in (601, 602):
+            ids.append(
+                (
+                    await request(
+                        app_client, workspace, connection_id, chat_id=chat, text=f"{chat}-{n}"
+                    )
+                )["id"]
+            )
+    for n in range(2):
+        ids.append(
+            (await request(app_client, workspace, connection_id, chat_id=group, text=f"g-{n}"))[
+                "id"
+            ]
+        )
+    async with dispatching(db_engine, settings, redis_client):
+        for message_id in ids:
+            await reaches(app_client, workspace, message_id, "sent")
+    for chat, count, interval in ((601, 3, 1.0), (602, 3, 1.0), (group, 2, 3.0)):
+        records = telegram_double.sent_messages(bot, chat_id=chat)
+        label = "g" if chat == group else str(chat)
+        assert [r.text for r in records] == [f"{label}-{n}" for n in range(count)]
+        gaps = [b.received_at - a.received_at for a, b in itertools.pairwise(records)]
+        assert all(gap >= interval for gap in gaps), gaps
+
+
+async def test_a_message_that_must_wait_for_its_chat_waits_in_the_queue_holding_its_place(
+    app_client: httpx.AsyncClient,
+    workspace: WorkspaceFixture,
+    telegram_double: TelegramDouble,
+    db_engine: AsyncEngine,
+    db_session_factory: async_sessionmaker[AsyncSession],
+    settings: Settings,
+    redis_client: Redis,
+) -> None:
+    bot, connection_id = await connect(app_client, workspace, telegram_double)
+    for n in range(3):
+        await request(app_client, workspace, connection_id, chat_id=611, text=f"m{n}")
+    async with aiohttp.ClientSession() as http:
+        dispatcher = Dispatcher(
+            engine=db_engine,
+            credentials=ConnectionCredentials(Vault(parse_keyring(TEST_VAULT_KEYS))),
+            telegram=TelegramClient(http, settings.telegram_api_base, request_timeout=5),
+            pacer=RedisOutboundPacer(redis_client, prefix=f"test-{uuid.uuid4().hex[:6]}"),
+            owner="worker-1",
+            settings=FAST,
+        )
+        assert await dispatcher.dispatch_once() == 3
+    assert [r.text for r in telegram_double.sent_messages(bot)] == ["m0"]
+    async with db_session_factory() as session:
+        rows = (
+            (
+                await session.execute(
+                    select(OutboundMessage).order_by(OutboundMessage.created_at, OutboundMessage.id)
+                )
+            )
+            .scalars()
+            .all()
+        )
+    sent, second, third = rows
+    assert sent.status == MessageStatus.sent and sent.text == "m0"
+    # The others wait in the database, each with its place in the chat's schedule,
+    # a second apart, without having spent an attempt.
+    assert [second.status, third.status] == [MessageStatus.queued, MessageStatus.queued]
+    assert second.holds_place and third.holds_place
+    assert second.next_attempt_at is not None and third.next_attempt_at is not None
+    assert sent.sent_at is not None and second.next_attempt_at > sent.sent_at
+    spacing = (third.next_attempt_at - second.next_attempt_at).total_seconds()
+    assert spacing == pytest.approx(1.0, abs=0.01)
+    assert second.attempts == 0 and second.lease_owner is None
+
+
+def _business_message(update_id: int) -> dict[str, Any]:
+    person = {"id": 9001, "first_name": "Cleo"}
+    return {
+        "update_id": update_id,
+        "business_message": {
+            "message_id": 5,
+            "date": 1_700_000_000,
+            "business_connection_id": "bc-777",
+            "chat": {**person, "type": "private"},
+            "from": {**person, "is_bot": False},
+            "text": "do you ship abroad?",
+        },
+    }
+
+
+def _direct_messages_topic(update_id: int) -> dict[str, Any]:
+    person = {"id": 9002, "first_name": "Dana", "is_bot": False}
+    return {
+        "update_id": update_id,
+        "message": {
+            "message_id": 6,
+            "date": 1_700_000_000,
+            "chat": {
+                "id": -1009876543210,
+                "type": "supergroup",
+                "title": "News direct messages",
+                "is_direct_messages": True,
+            },
+            "direct_messages_topic": {"topic_id": 321, "user": person},
+            "from": person,
+            "text": "a question for the channel",
+        },
+    }
+
+
+@pytest.mark.parametrize(
+    ("update", "chat_id", "expected"),
+    [
+        (lambda n: load_update("27_message"), -1001847508954, {"message_thread_id": 4}),
+        (_business_message, 9001, {"business_connection_id": "bc-777"}),
+        (_direct_messages_topic, -1009876543210, {"direct_messages_topic_id": 321}),
+    ],
+    ids=["forum-thread", "business-chat", "direct-messages-topic"],
+)
+async def test_a_message_to_a_conversation_goes_where_the_conversation_lives(
+    app_client: httpx.AsyncClient,
+    workspace: WorkspaceFixture,
+    telegram_double: TelegramDouble,
+    db_engine: AsyncEngine,
+    settings: Settings,
+    redis_client: Redis,
+    update: Any,
+    chat_id: int,
+    expected: dict[str, Any],
+) -> None:
+    bot, connection_id = await connect(app_client, workspace, telegram_double)
+    key, secret = webhook_credentials(telegram_double, bot)
+    delivered = await post_update(app_client, key, secret, update(7001))
+    assert delivered.status_code == 200, delivered.text
+    conversations = (
+        await app_client.get("/api/v1/conversations", headers=workspace.headers())
+    ).json()["items"]
+    [conversation] = [c for c in conversations if c["chat_id"] == chat_id]
+    message = await request(
+        app_client, workspace, connection_id, conversation_id=conversation["id"], text="answer"
+    )
+    async with dispatching(db_engine, settings, redis_client):
+        await reaches(app_client, workspace, message["id"], "sent")
+    [record] = telegram_double.sent_messages(bot)
+    assert record.chat_id == chat_id and record.text == "answer"
+    placed = {name: record.params.get(name) for name in expected}
+    assert placed == expected
+    # Only where the conversation lives: no other placement parameter is sent.
+    others = {"message_thread_id", "business_connection_id", "direct_messages_topic_id"}
+    assert not {name for name in others - set(expected) if name in record.params}
+    inbox = (
+        await app_client.get(
+            f"/api/v1/conversations/{conversation['id']}/messages", headers=workspace.headers()
+        )
+    ).json()["items"]
+    assert [(m["direction"], m["status"]) for m in inbox][-1] == ("outbound", "sent")
+
+
+async def test_the_daily_limit_counts_what_was_sent_today_and_holds_the_rest_until_midnight(
+    app_client: httpx.AsyncClient,
+    workspace: WorkspaceFixture,
+    telegram_double: TelegramDouble,
+    db_engine: AsyncEngine,
+    db_session_factory: async_sessionmaker[AsyncSession],
+    settings: Settings,
+    redis_client: Redis,
+) -> None:
+    bot, connection_id = await connect(app_client, workspace, telegram_double)
+    patched = await app_client.patch(
+        f"/api/v1/connections/{connection_id}",
+        json={"daily_limit": 3},
+        headers=workspace.headers(),
+    )
+    assert patched.status_code == 200
+    first = await request(app_client, workspace, connection_id, chat_id=701, text="early")
+    async with dispatching(db_engine, settings, redis_client):
+        await reaches(app_client, workspace, first["id"], "sent")
+    # A new worker (its pacer knows nothing of today) counts the one sent already.
+    ids = [
+        (await request(app_client, workspace, connection_id, chat_id=710 + n, text=f"t{n}"))["id"]
+        for n in range(4)
+    ]
+    async with dispatching(db_engine, settings, redis_client):
+        for message_id in ids[:2]:
+            await reaches(app_client, workspace, message_id, "sent")
+
+        async def held() -> list[OutboundMessage] | None:
+            async with db_session_factory() as session:
+                rows = (
+                    (
+                        await session.execute(
+                            select(OutboundMessage).where(
+                                OutboundMessage.id.in_([uuid.UUID(i) for i in ids[2:]])
+                            )
+                        )
+                    )
+                    .scalars()
+                    .all()
+                )
+            waiting = [r for r in rows if r.status == MessageStatus.queued and r.attempts == 0]
+            return (
+                list(rows)
+                if len(waiting) == 2 and all(r.lease_owner is None for r in rows)
+                else None
+            )
+
+        rest = await eventually(held, "the messages over the limit to wait")
+    assert sorted(r.text for r in telegram_double.sent_messages(bot)) == ["early", "t0", "t1"]
+    tomorrow = utcnow().astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    tomorrow += timedelta(days=1)
+    for row in rest:
+        assert row.next_attempt_at is not None
+        assert abs((row.next_attempt_at - tomorrow).total_seconds()) < 5

@@ -8,6 +8,7 @@ real API's texts.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -288,6 +289,7 @@ def send_message(bs: BotState, params: dict[str, Any], ctx: Context) -> Reply:
             text=text,
             date=ctx.now_unix,
             params=dict(params),
+            received_at=time.monotonic(),
         )
     )
     return ok(message)

@@ -123,6 +123,8 @@ class SentMessageRecord:
     text: str
     date: int
     params: dict[str, Any]
+    # When the double received it (time.monotonic()), for pacing checks.
+    received_at: float = 0.0
 
 
 @dataclass

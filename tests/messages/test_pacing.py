@@ -1,0 +1,338 @@
+"""The outbound pacer: places in a chat's schedule, the bot's window, confirmation.
+
+Both implementations answer the same questions the same way: decisions made in one
+call share one instant, so their waits are exact whatever the clock. Tests that
+need time to pass use the in-process pacer's injectable clock; the Redis pacer is
+checked against it on generated request lists, and for what only it has (state
+shared between workers, the script cache, expiry, failures).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from redis.asyncio import Redis
+
+from app.messages.pacing import (
+    Confirmation,
+    LocalOutboundPacer,
+    OutboundPacer,
+    PaceRequest,
+    PaceVerdict,
+    PacingLimits,
+    RedisOutboundPacer,
+)
+from app.ratelimit import RateLimiterUnavailable
+from tests.conftest import TEST_REDIS_URL
+
+BOT = uuid.UUID("00000000-0000-4000-8000-000000000001")
+OTHER_BOT = uuid.UUID("00000000-0000-4000-8000-000000000002")
+GROUP = -1001234567890
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+# Both bots' days start counted (nothing sent yet): see the day tests for the rest.
+COUNTED = {BOT: 0, OTHER_BOT: 0}
+
+
+async def admit(pacer: OutboundPacer, requests: Sequence[PaceRequest]) -> list[PaceVerdict]:
+    return await pacer.admit(requests, COUNTED)
+
+
+def shape(verdicts: Sequence[PaceVerdict]) -> list[tuple[bool, float, bool, str | None]]:
+    """What a verdict says, waits to the microsecond (the Redis pacer's unit)."""
+    return [(v.allowed, round(v.wait, 6), v.holds_place, v.limited_by) for v in verdicts]
+
+
+@pytest.fixture
+async def redis() -> AsyncIterator[Redis]:
+    client = Redis.from_url(TEST_REDIS_URL)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture(params=["local", "redis"])
+async def pacer(request: pytest.FixtureRequest, redis: Redis) -> OutboundPacer:
+    if request.param == "local":
+        return LocalOutboundPacer(clock=Clock())
+    return RedisOutboundPacer(redis, prefix=f"test-pace-{uuid.uuid4().hex[:8]}")
+
+
+async def test_a_chats_first_message_goes_and_the_next_get_places_a_second_apart(
+    pacer: OutboundPacer,
+) -> None:
+    verdicts = await admit(pacer, [PaceRequest(BOT, 42) for _ in range(4)])
+    assert shape(verdicts) == [
+        (True, 0.0, False, None),
+        (False, 1.0, True, "chat"),
+        (False, 2.0, True, "chat"),
+        (False, 3.0, True, "chat"),
+    ]
+
+
+async def test_a_group_gets_places_three_seconds_apart(pacer: OutboundPacer) -> None:
+    verdicts = await admit(pacer, [PaceRequest(BOT, GROUP) for _ in range(3)])
+    assert [v.wait for v in verdicts] == [0.0, 3.0, 6.0]
+    assert [v.allowed for v in verdicts] == [True, False, False]
+
+
+async def test_a_channel_username_is_paced_as_a_group(pacer: OutboundPacer) -> None:
+    verdicts = await admit(pacer, [PaceRequest(BOT, "@news"), PaceRequest(BOT, "@news")])
+    assert shape(verdicts)[1] == (False, 3.0, True, "chat")
+
+
+async def test_a_message_that_holds_a_place_waits_without_a_second_one(
+    pacer: OutboundPacer,
+) -> None:
+    first = await admit(pacer, [PaceRequest(BOT, 7), PaceRequest(BOT, 7), PaceRequest(BOT, 7)])
+    assert [v.holds_place for v in first] == [False, True, True]
+    # The holder of the first place comes back early: it waits for the chat, and
+    # a newcomer is still placed behind both places already given.
+    again = await admit(pacer, [PaceRequest(BOT, 7, holds_place=True), PaceRequest(BOT, 7)])
+    holder, newcomer = again
+    assert not holder.allowed and holder.holds_place and holder.limited_by == "chat"
+    assert 0 < holder.wait <= 1.0
+    assert not newcomer.allowed and newcomer.holds_place
+    assert newcomer.wait == pytest.approx(holder.wait + 2.0, abs=1e-6)
+
+
+async def test_the_bots_window_takes_thirty_and_then_one_per_send_leaving_it(
+    pacer: OutboundPacer,
+) -> None:
+    verdicts = await admit(pacer, [PaceRequest(BOT, 1000 + n) for n in range(33)])
+    assert [v.allowed for v in verdicts] == [True] * 30 + [False] * 3
+    # All 30 were sent at one instant: the 31st waits for them to leave the
+    # window, the 34th (a window later) would wait a second window.
+    assert shape(verdicts[30:]) == [(False, 1.0, False, "bot")] * 3
+    many = await admit(pacer, [PaceRequest(OTHER_BOT, 2000 + n) for n in range(61)])
+    assert [round(v.wait, 6) for v in many[30:]] == [1.0] * 30 + [2.0]
+
+
+async def test_a_send_refused_by_the_bot_leaves_its_chats_turn_unused(
+    pacer: OutboundPacer,
+) -> None:
+    await admit(pacer, [PaceRequest(BOT, 1000 + n) for n in range(30)])
+    refused, placed = await admit(pacer, [PaceRequest(BOT, 77), PaceRequest(BOT, 77)])
+    assert refused.limited_by == "bot" and not refused.holds_place
+    # Chat 77 sent nothing, so its next message is not given a place behind it:
+    # the bot is what it waits for too.
+    assert placed.limited_by == "bot" and not placed.holds_place
+
+
+async def test_bots_are_independent(pacer: OutboundPacer) -> None:
+    await admit(pacer, [PaceRequest(BOT, 1000 + n) for n in range(30)])
+    verdicts = await admit(pacer, [PaceRequest(BOT, 5), PaceRequest(OTHER_BOT, 5)])
+    assert [v.allowed for v in verdicts] == [False, True]
+
+
+async def test_verdicts_keep_the_order_of_requests_across_connections(
+    pacer: OutboundPacer,
+) -> None:
+    requests = [PaceRequest(BOT, 1), PaceRequest(OTHER_BOT, 1), PaceRequest(BOT, 1)]
+    verdicts = await admit(pacer, requests)
+    assert [v.allowed for v in verdicts] == [True, True, False]
+
+
+async def test_an_empty_batch_asks_nothing(pacer: OutboundPacer) -> None:
+    assert await admit(pacer, []) == []
+    await pacer.confirm([])
+
+
+# -- the day's count ---------------------------------------------------------------------
+
+
+async def test_a_day_without_a_count_decides_nothing_until_it_is_counted(
+    pacer: OutboundPacer,
+) -> None:
+    connection = uuid.uuid4()
+    [unknown] = await pacer.admit([PaceRequest(connection, 1)])
+    assert unknown.needs_count and not unknown.allowed
+    # Counted: decided. The count is the pacer's from then on.
+    [sent] = await pacer.admit([PaceRequest(connection, 1)], {connection: 0})
+    assert sent.allowed
+    [later] = await pacer.admit([PaceRequest(connection, 2)])
+    assert later.allowed and not later.needs_count
+
+
+async def test_the_daily_limit_refuses_the_rest_of_the_day(pacer: OutboundPacer) -> None:
+    connection = uuid.uuid4()
+    requests = [PaceRequest(connection, 100 + n, daily_limit=5) for n in range(4)]
+    verdicts = await pacer.admit(requests, {connection: 3})
+    assert [v.allowed for v in verdicts] == [True, True, False, False]
+    refused = verdicts[2]
+    assert refused.limited_by == "day" and 0 < refused.wait <= 86_400
+    # A count given later does not replace the one the pacer keeps.
+    [still] = await pacer.admit([PaceRequest(connection, 200, daily_limit=5)], {connection: 0})
+    assert still.limited_by == "day"
+
+
+async def test_a_refusal_for_the_day_spends_no_chat_turn(pacer: OutboundPacer) -> None:
+    connection = uuid.uuid4()
+    [refused] = await pacer.admit([PaceRequest(connection, 5, daily_limit=1)], {connection: 1})
+    assert refused.limited_by == "day"
+    [sent] = await pacer.admit([PaceRequest(connection, 5, daily_limit=2)])
+    assert sent.allowed
+
+
+async def test_a_new_utc_day_is_counted_afresh() -> None:
+    wall = Clock()
+    wall.now = 86_400 * 20_000 - 10.0  # ten seconds to midnight UTC
+    pacer = LocalOutboundPacer(clock=Clock(), wall_clock=wall)
+    [sent] = await pacer.admit([PaceRequest(BOT, 1, daily_limit=1)], {BOT: 0})
+    [refused] = await pacer.admit([PaceRequest(BOT, 2, daily_limit=1)])
+    assert sent.allowed and refused.limited_by == "day"
+    assert refused.wait == pytest.approx(10.0)
+    wall.now += 10.0
+    [tomorrow] = await pacer.admit([PaceRequest(BOT, 2, daily_limit=1)])
+    assert tomorrow.needs_count
+
+
+# -- time passing (the in-process pacer's clock) ------------------------------------------
+
+
+async def test_a_chat_may_receive_again_one_interval_after_its_send() -> None:
+    clock = Clock()
+    pacer = LocalOutboundPacer(clock=clock)
+    assert (await admit(pacer, [PaceRequest(BOT, 9)]))[0].allowed
+    clock.now += 0.999
+    assert not (await admit(pacer, [PaceRequest(BOT, 9)]))[0].allowed
+    # The message above took the next place (1.0 s); the one after it 2.0 s.
+    clock.now += 0.001
+    assert (await admit(pacer, [PaceRequest(BOT, 9, holds_place=True)]))[0].allowed
+
+
+async def test_confirming_counts_the_send_from_its_answer() -> None:
+    clock = Clock()
+    pacer = LocalOutboundPacer(clock=clock)
+    [sent] = await admit(pacer, [PaceRequest(BOT, 9)])
+    # Telegram answered 0.3 s after the admission: the chat's next send goes a
+    # full second after that answer, not after the admission.
+    await pacer.confirm([Confirmation(BOT, 9, sent.admitted_at, 0.3)])
+    clock.now += 1.0
+    [early] = await admit(pacer, [PaceRequest(BOT, 9)])
+    assert not early.allowed and early.wait == pytest.approx(0.3)
+    clock.now += 0.3
+    assert (await admit(pacer, [PaceRequest(BOT, 9, holds_place=True)]))[0].allowed
+
+
+async def test_confirming_moves_the_bots_window_to_the_answers() -> None:
+    clock = Clock()
+    pacer = LocalOutboundPacer(clock=clock)
+    sent = await admit(pacer, [PaceRequest(BOT, 1000 + n) for n in range(30)])
+    await pacer.confirm(
+        [Confirmation(BOT, 1000 + n, v.admitted_at, 0.2) for n, v in enumerate(sent)]
+    )
+    clock.now += 1.0
+    [waiting] = await admit(pacer, [PaceRequest(BOT, 5000)])
+    assert waiting.limited_by == "bot" and waiting.wait == pytest.approx(0.2)
+    clock.now += 0.2
+    assert (await admit(pacer, [PaceRequest(BOT, 5000)]))[0].allowed
+
+
+async def test_state_that_limits_nothing_is_forgotten() -> None:
+    clock = Clock()
+    pacer = LocalOutboundPacer(clock=clock)
+    for round_ in range(3):
+        await admit(pacer, [PaceRequest(BOT, round_ * 10_000 + n) for n in range(1500)])
+        clock.now += 10_000
+    # The sweep runs as the table grows: far fewer chats than were ever seen remain.
+    assert len(pacer._chats) < 3 * 1500
+
+
+def test_limits_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="positive"):
+        PacingLimits(chat_interval=0)
+    with pytest.raises(ValueError, match="bot_sends"):
+        PacingLimits(bot_sends=0)
+
+
+# -- Redis: the same decisions, shared by every worker -------------------------------------
+
+requests_strategy = st.lists(
+    st.builds(
+        PaceRequest,
+        st.sampled_from([BOT, OTHER_BOT]),
+        st.sampled_from([1, 2, 3, GROUP, -42, "@news"]),
+        st.booleans(),
+    ),
+    max_size=70,
+)
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(requests=requests_strategy)
+async def test_the_redis_pacer_decides_as_the_local_one(
+    redis: Redis, requests: list[PaceRequest]
+) -> None:
+    shared = RedisOutboundPacer(redis, prefix=f"test-pace-{uuid.uuid4().hex[:8]}")
+    local = LocalOutboundPacer(clock=Clock())
+    assert shape(await admit(shared, requests)) == shape(await admit(local, requests))
+
+
+async def test_two_workers_share_one_chats_schedule(redis: Redis) -> None:
+    prefix = f"test-pace-{uuid.uuid4().hex[:8]}"
+    first, second = (
+        RedisOutboundPacer(redis, prefix=prefix),
+        RedisOutboundPacer(redis, prefix=prefix),
+    )
+    assert (await admit(first, [PaceRequest(BOT, 3)]))[0].allowed
+    [other] = await admit(second, [PaceRequest(BOT, 3)])
+    assert not other.allowed and other.holds_place and 0 < other.wait <= 1.0
+
+
+async def test_a_connections_keys_share_one_hash_tag_and_expire(redis: Redis) -> None:
+    prefix = f"test-pace-{uuid.uuid4().hex[:8]}"
+    pacer = RedisOutboundPacer(redis, prefix=prefix)
+    [sent, _] = await admit(pacer, [PaceRequest(BOT, 3), PaceRequest(BOT, 3)])
+    await pacer.confirm([Confirmation(BOT, 3, sent.admitted_at, 0.01)])
+    keys = sorted(key.decode() for key in await redis.keys(f"{prefix}:*"))
+    day = int(time.time() // 86_400)
+    tag = f"{prefix}:{{{BOT}}}"
+    assert keys == sorted([f"{tag}:bot", f"{tag}:chat:3", f"{tag}:day:{day}"])
+    for key in (f"{tag}:bot", f"{tag}:chat:3"):
+        ttl = await redis.pttl(key)
+        # The chat holds a place a second ahead: it lives until then, plus a little.
+        assert 0 < ttl <= 5_000
+    # The day's count outlives its day by a day at most.
+    assert 0 < await redis.pttl(f"{tag}:day:{day}") <= 2 * 86_400_000
+
+
+async def test_a_flushed_script_cache_is_reloaded(redis: Redis) -> None:
+    pacer = RedisOutboundPacer(redis, prefix=f"test-pace-{uuid.uuid4().hex[:8]}")
+    await pacer.admit([PaceRequest(BOT, 99)], COUNTED)
+    await redis.script_flush()
+    assert (await admit(pacer, [PaceRequest(BOT, 1)]))[0].allowed
+    await redis.script_flush()
+    [sent] = await admit(pacer, [PaceRequest(BOT, 2)])
+    await redis.script_flush()
+    await pacer.confirm([Confirmation(BOT, 2, sent.admitted_at, 0.01)])
+    # The flushed script ran once, not twice: the chat's next message is placed.
+    [placed] = await admit(pacer, [PaceRequest(BOT, 1)])
+    assert placed.holds_place and placed.wait <= 1.0
+
+
+async def test_an_unreachable_redis_admits_nothing() -> None:
+    broken = Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.5)
+    try:
+        pacer = RedisOutboundPacer(broken)
+        with pytest.raises(RateLimiterUnavailable) as caught:
+            await admit(pacer, [PaceRequest(BOT, 1)])
+        assert "127.0.0.1" not in str(caught.value)
+        with pytest.raises(RateLimiterUnavailable):
+            await pacer.confirm([Confirmation(BOT, 1, 0.0, 0.1)])
+    finally:
+        await broken.aclose()
