@@ -67,7 +67,20 @@ def _parser() -> argparse.ArgumentParser:
     worker = commands.add_parser(
         "worker", help="run the worker: outbound sending, long-polling ingestion and housekeeping"
     )
-    worker.set_defaults(run=lambda s, a: _run_fast(_worker(s)))
+    worker.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="serve GET /metrics on this port (default: WORKER_METRICS_PORT; unset, none)",
+    )
+    worker.add_argument(
+        "--metrics-host",
+        default=None,
+        metavar="HOST",
+        help="the address the metrics port listens on (default: WORKER_METRICS_HOST)",
+    )
+    worker.set_defaults(run=lambda s, a: _run_fast(_worker(_worker_settings(s, a))))
     migrate = commands.add_parser("migrate", help="apply database migrations")
     migrate.set_defaults(run=lambda s, a: _migrate(s))
 
@@ -152,6 +165,14 @@ def _serve(settings: Settings, host: str, port: int, with_worker: bool) -> int:
     # Refuse to start on a missing or malformed keyring with a clear message,
     # before uvicorn turns it into a failed lifespan; the app reuses it.
     app = create_app(settings, with_worker=with_worker, keyring=load_keyring(settings))
+    # SIGTERM and SIGINT: uvicorn stops listening, lets the requests in flight finish
+    # (within SHUTDOWN_GRACE_SECONDS; past it they are cancelled), closes idle
+    # connections, runs the lifespan's shutdown (the ingress writer stores what it
+    # holds, an embedded worker stops gracefully), then raises the signal again with
+    # the handler it found. That handler is this no-op, so a polite stop ends with
+    # exit status 0 rather than death by the signal (or a KeyboardInterrupt).
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _stopped)
     # log_config=None: keep our structlog pipeline (and its redaction) for uvicorn's lines.
     uvicorn.run(
         app,
@@ -164,8 +185,13 @@ def _serve(settings: Settings, host: str, port: int, with_worker: bool) -> int:
         # No endpoint speaks WebSocket: an upgrade request is an ordinary request,
         # answered by the application, rather than a bare 403 from the handshake.
         ws="none",
+        timeout_graceful_shutdown=settings.shutdown_grace_seconds,
     )
     return 0
+
+
+def _stopped(signum: int, frame: object) -> None:
+    """The handler uvicorn hands a stop signal back to once it has shut down."""
 
 
 def _run_fast(main: Coroutine[Any, Any, int]) -> int:
@@ -177,6 +203,18 @@ def _run_fast(main: Coroutine[Any, Any, int]) -> int:
         return asyncio.run(main)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(main)
+
+
+def _worker_settings(settings: Settings, args: argparse.Namespace) -> Settings:
+    """The settings with the worker's command-line options applied."""
+    changes: dict[str, Any] = {}
+    if args.metrics_port is not None:
+        if not 1 <= args.metrics_port <= 65535:
+            raise CommandError("--metrics-port must be between 1 and 65535")
+        changes["worker_metrics_port"] = args.metrics_port
+    if args.metrics_host is not None:
+        changes["worker_metrics_host"] = args.metrics_host
+    return settings.model_copy(update=changes) if changes else settings
 
 
 async def _worker(settings: Settings) -> int:

@@ -86,6 +86,19 @@ class Settings(BaseSettings):
     # closed, so slow or silent connections cannot pile up.
     http_header_timeout: float = Field(default=10.0, gt=0, le=300)
 
+    # Who may read /metrics (the API server's, and the worker's port): addresses or
+    # CIDR ranges. Unset: loopback only in production, anyone in development. A
+    # request that came through a proxy (X-Forwarded-For, X-Real-IP, Forwarded) is
+    # refused whatever its peer (app/metrics.py says why).
+    metrics_allowed_networks: Annotated[list[str] | None, NoDecode] = None
+    # The worker's metrics endpoint (`integrations worker --metrics-port`); unset: none.
+    worker_metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    worker_metrics_host: str = "127.0.0.1"
+    # After SIGTERM: how long `serve` lets requests in flight finish, and the worker
+    # its sends in flight, before cutting them off (the worker then puts what it
+    # claimed back in the queue). Below the orchestrator's kill timeout.
+    shutdown_grace_seconds: int = Field(default=20, ge=0, le=600)
+
     @field_validator("ingress_trusted_proxies", mode="before")
     @classmethod
     def _split_proxies(cls, value: object) -> object:
@@ -93,11 +106,34 @@ class Settings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
+    @field_validator("metrics_allowed_networks", mode="before")
+    @classmethod
+    def _split_networks(cls, value: object) -> object:
+        # METRICS_ALLOWED_NETWORKS= (blank) means unset: the default for APP_ENV.
+        if isinstance(value, str):
+            parts = [part.strip() for part in value.split(",") if part.strip()]
+            return parts or None
+        return value
+
     @field_validator("ingress_trusted_proxies")
     @classmethod
     def _check_proxies(cls, value: list[str]) -> list[str]:
         for entry in value:
             ipaddress.ip_network(entry, strict=False)
+        return value
+
+    @field_validator("metrics_allowed_networks")
+    @classmethod
+    def _check_networks(cls, value: list[str] | None) -> list[str] | None:
+        for entry in value or ():
+            ipaddress.ip_network(entry, strict=False)
+        return value
+
+    @field_validator("worker_metrics_port", mode="before")
+    @classmethod
+    def _blank_port_is_unset(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip() == "":
+            return None
         return value
 
     @field_validator("public_base_url", mode="before")

@@ -1,15 +1,16 @@
-"""Liveness and readiness."""
+"""Liveness, readiness and the Prometheus metrics."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import structlog
-from fastapi import APIRouter
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy import text
 
-from app.errors import Error, documented_error, error_body
+from app import metrics
+from app.errors import Error, Forbidden, documented_error, error_body
 from app.runtime import ApiRuntimeDep
 
 router = APIRouter(tags=["operations"])
@@ -81,3 +82,15 @@ async def ready(runtime: ApiRuntimeDep) -> JSONResponse | dict[str, Any]:
         body = error_body("not_ready", message, field=failed[0])
         return JSONResponse({**body, "checks": checks}, status_code=503)
     return {"status": "ready", "checks": checks}
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics_text(request: Request, runtime: ApiRuntimeDep) -> Response:
+    """Prometheus metrics (see app/metrics.py), for the networks in
+    METRICS_ALLOWED_NETWORKS only, and never through a proxy: 403 otherwise."""
+    peer = request.client.host if request.client else None
+    header_names = (name for name, _ in request.scope["headers"])
+    if not runtime.metrics_access.allows(peer, header_names):
+        raise Forbidden(metrics.METRICS_FORBIDDEN_MESSAGE)
+    await runtime.queue_gauges.refresh()
+    return Response(metrics.render(), media_type=metrics.CONTENT_TYPE)

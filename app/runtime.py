@@ -37,7 +37,9 @@ from app.ingress.store import UpdateWriter
 from app.ingress.webhook import WebhookIngress
 from app.locks import OperationLocks
 from app.messages.pacing import LocalOutboundPacer, OutboundPacer, RedisOutboundPacer
+from app.messages.queue_metrics import QueueGauges
 from app.messages.states import cancel_unsent_of_deleted_connection
+from app.metrics import MetricsAccess
 from app.ratelimit import (
     CachedPeek,
     LeasedRateLimiter,
@@ -64,6 +66,9 @@ class ApiRuntime:
     ingress: WebhookIngress
     directory: DirectoryInvalidator
     connections: ConnectionCollaborators
+    # Who may read /metrics, and the queue gauges it refreshes when read.
+    metrics_access: MetricsAccess
+    queue_gauges: QueueGauges
 
 
 @dataclass
@@ -219,6 +224,8 @@ async def open_api_runtime(
                 limiter=limiter,
                 on_deleted=cancel_unsent_of_deleted_connection,
             ),
+            metrics_access=metrics_access(settings),
+            queue_gauges=QueueGauges(engine),
         )
 
 
@@ -241,6 +248,12 @@ async def open_worker_runtime(
             routes=RouteChangePublisher(redis),
             pacer=RedisOutboundPacer(redis) if redis is not None else LocalOutboundPacer(),
         )
+
+
+def metrics_access(settings: Settings) -> MetricsAccess:
+    return MetricsAccess.for_settings(
+        settings.metrics_allowed_networks, production=settings.is_production
+    )
 
 
 def get_api_runtime(request: Request) -> ApiRuntime:

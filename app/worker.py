@@ -23,6 +23,8 @@ import gc
 import os
 import secrets
 import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import structlog
 
@@ -36,8 +38,10 @@ from app.ingress.polling import (
     wait_for_event,
 )
 from app.messages.dispatcher import Dispatcher, DispatchSettings
+from app.messages.queue_metrics import QueueGauges
 from app.messages.states import expire_due
-from app.runtime import WorkerRuntime, open_worker_runtime
+from app.metrics import serve_metrics
+from app.runtime import WorkerRuntime, metrics_access, open_worker_runtime
 from app.vault import Keyring
 
 __all__ = ["default_worker_id", "run_worker"]
@@ -100,26 +104,55 @@ async def run_worker(
             or DispatchSettings(
                 max_retries=settings.telegram_max_retries,
                 lease_seconds=settings.dispatch_lease_seconds,
+                shutdown_grace=settings.shutdown_grace_seconds,
             ),
         )
         # As the API server does: what lives as long as the process is kept out of the
         # collector's sight, so full collections stay short under load.
         gc.collect()
         gc.freeze()
-        log.info("worker_started", long_poll_timeout=long_poll_timeout)
-        sending = asyncio.create_task(dispatcher.run(stop), name="outbound-dispatcher")
-        try:
-            await _serve(runtime, supervisor, stop, refresh_interval)
-            # The dispatcher finishes what it has claimed, then ends with `stop`.
-            await sending
-        except BaseException:
-            sending.cancel()
-            await asyncio.wait((sending,))
-            await supervisor.abort()
-            log.info("worker_aborted")
-            raise
-        await supervisor.stop_all()
-        log.info("worker_stopped")
+        async with _metrics_endpoint(runtime):
+            log.info("worker_started", long_poll_timeout=long_poll_timeout)
+            sending = asyncio.create_task(dispatcher.run(stop), name="outbound-dispatcher")
+            try:
+                await _serve(runtime, supervisor, stop, refresh_interval)
+                # The dispatcher finishes what it has claimed (within the shutdown
+                # grace), puts back what it could not, then ends with `stop`.
+                await sending
+            except BaseException:
+                sending.cancel()
+                await asyncio.wait((sending,))
+                await supervisor.abort()
+                log.info("worker_aborted")
+                raise
+            await supervisor.stop_all()
+            log.info("worker_stopped")
+
+
+@asynccontextmanager
+async def _metrics_endpoint(runtime: WorkerRuntime) -> AsyncIterator[None]:
+    """`GET /metrics` on WORKER_METRICS_HOST:WORKER_METRICS_PORT while the worker runs
+    (nothing when the port is unset)."""
+    settings = runtime.settings
+    if settings.worker_metrics_port is None:
+        yield
+        return
+    server = await serve_metrics(
+        settings.worker_metrics_host,
+        settings.worker_metrics_port,
+        metrics_access(settings),
+        refresh=QueueGauges(runtime.engine).refresh,
+    )
+    logger.info(
+        "worker_metrics_listening",
+        host=settings.worker_metrics_host,
+        port=settings.worker_metrics_port,
+    )
+    try:
+        yield
+    finally:
+        server.close()
+        await server.wait_closed()
 
 
 async def _serve(

@@ -22,6 +22,7 @@ import structlog
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app import metrics
 from app.auth.service import AuthContext
 from app.config import Settings
 from app.connections.credentials import (
@@ -461,6 +462,7 @@ class ConnectionService:
         except RateLimiterUnavailable:
             raise ServiceUnavailable("Redis is unavailable; try again shortly.") from None
         if not decision.allowed:
+            metrics.RATE_LIMITED_HEALTH_CHECK.inc()
             raise RateLimited(
                 "Health is checked live with Telegram; wait before checking again.",
                 headers={"Retry-After": decision.retry_after_header()},

@@ -64,6 +64,7 @@ from sqlalchemy import Update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app import metrics
 from app.connections.credentials import ConnectionCredentials
 from app.connections.models import ConnectionStatus
 from app.connections.registration import ALLOWED_UPDATES
@@ -377,6 +378,8 @@ class ConnectionPoller:
             self._log.warning("polling_batch_refused", error_type=type(exc).__name__)
             outcomes = await self._commit(items, advance, one_by_one=True)
         stored = sum(outcome is StoreOutcome.stored for outcome in outcomes)
+        metrics.POLLING_RECEIVED.inc(len(outcomes))
+        metrics.POLLING_DUPLICATE.inc(len(outcomes) - stored)
         self._log.info(
             "polling_batch_stored",
             received=len(updates),

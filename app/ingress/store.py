@@ -36,6 +36,7 @@ import structlog
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from app import metrics
 from app.inbox.recording import InboundRecords, RecentlyWritten, Written, clean_text
 from app.ingress.statements import statements_for
 from app.telegram.updates import ParsedUpdate
@@ -237,6 +238,7 @@ class UpdateWriter:
             await self._write(batch)
 
     async def _write(self, batch: list[_Pending]) -> None:
+        metrics.INGRESS_BATCH_SIZE.observe(len(batch))
         try:
             outcomes = await self._store([p.item for p in batch])
         except Exception as exc:

@@ -33,11 +33,12 @@ from urllib.parse import parse_qs
 import structlog
 from starlette.types import Receive, Scope, Send
 
+from app import metrics
 from app.config import Settings
 from app.db import utcnow
 from app.errors import error_json
 from app.ingress.directory import ConnectionDirectory, WebhookRoute
-from app.ingress.store import IncomingUpdate, StorageUnavailable, UpdateWriter
+from app.ingress.store import IncomingUpdate, StorageUnavailable, StoreOutcome, UpdateWriter
 from app.ratelimit import CachedPeek, RateLimit, RateLimiter, RateLimiterUnavailable
 from app.telegram.updates import parse_update
 from app.vault import Vault
@@ -120,12 +121,14 @@ class WebhookIngress:
         headers: dict[bytes, bytes] = dict(scope["headers"])
         source = self._source_address(scope, headers)
         if self._telegram_only and not _in_telegram_ranges(source):
+            metrics.REJECTED_FORBIDDEN_SOURCE.inc()
             return 403, FORBIDDEN_SOURCE, []
         key = _query_key(scope.get("query_string", b""))
         auth_key = _failure_bucket(source, key)
         try:
             address = await self._auth_limiter.peek(auth_key, self._auth_limit)
             if not address.allowed:
+                _source_refused()
                 return _rate_limited(address.retry_after_header())
 
             route = await self._authenticate(key, headers)
@@ -136,26 +139,34 @@ class WebhookIngress:
                     # Worth an operator's attention: a scan, or a webhook left
                     # pointing here with a stale key or secret.
                     logger.info("webhook_source_over_failure_limit", source=source)
+                    _source_refused()
                     return _rate_limited(refusal.retry_after_header())
+                metrics.REJECTED_UNAUTHENTICATED.inc()
                 return 401, UNAUTHORIZED, []
 
             updates = await self._update_limiter.hit(
                 _update_bucket(route.connection_id), self._update_limit
             )
             if not updates.allowed:
+                metrics.REJECTED_CONNECTION_RATE_LIMITED.inc()
+                metrics.RATE_LIMITED_INGRESS_CONNECTION.inc()
                 return _rate_limited(updates.retry_after_header())
         except RateLimiterUnavailable:
             logger.warning("webhook_limiter_unavailable")
+            metrics.REJECTED_UNAVAILABLE.inc()
             return 503, UNAVAILABLE, [(b"retry-after", b"1")]
         except StorageUnavailable:
+            metrics.REJECTED_UNAVAILABLE.inc()
             return 503, UNAVAILABLE, [(b"retry-after", b"1")]
 
         content_type = headers.get(b"content-type", b"").split(b";", 1)[0].strip().lower()
         if content_type != b"application/json":
+            metrics.REJECTED_UNSUPPORTED_MEDIA_TYPE.inc()
             return 415, UNSUPPORTED_TYPE, []
         try:
             raw = await self._read_body(headers, receive)
         except _TooLarge:
+            metrics.REJECTED_TOO_LARGE.inc()
             return 413, TOO_LARGE, []
         try:
             text = raw.decode("utf-8")
@@ -163,10 +174,11 @@ class WebhookIngress:
         except (ValueError, RecursionError):
             # ValueError covers bad UTF-8, bad JSON, InvalidUpdate, and integers
             # past Python's digit limit.
+            metrics.REJECTED_INVALID_UPDATE.inc()
             return 400, BAD_UPDATE, []
 
         try:
-            await self._writer.submit(
+            outcome = await self._writer.submit(
                 IncomingUpdate(
                     connection_id=route.connection_id,
                     workspace_id=route.workspace_id,
@@ -177,7 +189,11 @@ class WebhookIngress:
                 )
             )
         except StorageUnavailable:
+            metrics.REJECTED_UNAVAILABLE.inc()
             return 503, UNAVAILABLE, [(b"retry-after", b"1")]
+        metrics.WEBHOOK_RECEIVED.inc()
+        if outcome is StoreOutcome.duplicate:
+            metrics.WEBHOOK_DUPLICATE.inc()
         return 200, OK_BODY, []
 
     async def _authenticate(
@@ -317,6 +333,11 @@ def _in_telegram_ranges(address: str) -> bool:
     except ValueError:
         return False
     return any(ip in network for network in TELEGRAM_RANGES)
+
+
+def _source_refused() -> None:
+    metrics.REJECTED_SOURCE_RATE_LIMITED.inc()
+    metrics.RATE_LIMITED_INGRESS_SOURCE.inc()
 
 
 def _rate_limited(retry_after: str) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:

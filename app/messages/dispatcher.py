@@ -57,6 +57,7 @@ import structlog
 from sqlalchemy import Row, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from app import metrics
 from app.audit.repository import record_many
 from app.connections.credentials import ConnectionCredentials
 from app.connections.repository import not_sending, pause_outbound, senders
@@ -113,6 +114,9 @@ class DispatchSettings:
     idle_wait: float = 0.5
     backoff_base: float = 1.0
     backoff_cap: float = 300.0
+    # After `stop`: how long batches in flight may take to finish before their sends
+    # are cut off; what is still claimed then goes back to the queue, due at once.
+    shutdown_grace: float = 20.0
 
 
 @dataclass
@@ -216,7 +220,7 @@ class Dispatcher:
                     in_flight.add(task)
                     task.add_done_callback(in_flight.discard)
                     if len(in_flight) >= self._settings.batches_in_flight:
-                        await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                        await _first_done_or_stop(in_flight, stop)
                 elif in_flight:
                     # A batch being recorded may bring due messages back sooner.
                     await asyncio.wait(in_flight, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
@@ -229,7 +233,27 @@ class Dispatcher:
             raise
         finally:
             if in_flight:
-                await asyncio.wait(in_flight)
+                _, late = await asyncio.wait(in_flight, timeout=self._settings.shutdown_grace)
+                for task in late:
+                    task.cancel()
+                if late:
+                    self._log.warning("outbound_shutdown_cut_off", batches=len(late))
+                    await asyncio.wait(late)
+            await self._release_claims()
+
+    async def _release_claims(self) -> None:
+        """Stopping: messages this worker still holds go back to the queue, due now,
+        so none waits for its lease to run out. A send cut off mid-request may have
+        reached Telegram: the same risk as a lease running out (the delivery rule)."""
+        try:
+            async with self._engine.begin() as connection:
+                released = await states.release_claims(connection, self._owner, self._clock())
+        except Exception as exc:
+            # Their leases run out instead.
+            self._log.warning("outbound_release_failed", error_type=type(exc).__name__)
+            return
+        if released:
+            self._log.info("outbound_claims_released", count=released)
 
     def _report(self) -> None:
         if self.verdicts:
@@ -286,12 +310,14 @@ class Dispatcher:
                 # Paused or deleted since the claim: back in the queue, untouched (the
                 # claim skips a paused connection's messages until it sends again).
                 outcomes.deferred.append(_wait(row, now, SHORT_WAIT))
+                metrics.DEFERRED_PAUSED.inc()
                 continue
             if row.connection_id not in tokens:
                 tokens[row.connection_id] = self._open_token(row, target)
             token = tokens[row.connection_id]
             if token is None:
                 outcomes.deferred.append(_wait(row, now, UNREADABLE_CREDENTIALS_WAIT))
+                metrics.DEFERRED_CREDENTIALS.inc()
                 continue
             # Its moment: at most `lookahead` away (a reclaimed lease's is past).
             due = row.next_attempt_at or now
@@ -389,6 +415,7 @@ class Dispatcher:
         except RateLimiterUnavailable:
             self._log.warning("outbound_pacing_unavailable", deferred=len(ready))
             outcomes.deferred.extend(_wait(c.row, now, SHORT_WAIT) for c in ready)
+            metrics.DEFERRED_PACER_UNAVAILABLE.inc(len(ready))
             return []
         asked = time.monotonic()
         again = []
@@ -414,6 +441,8 @@ class Dispatcher:
                         holds_place=verdict.holds_place,
                     )
                 )
+                if verdict.limited_by is not None:
+                    metrics.DEFERRED_BY_LIMIT[verdict.limited_by].inc()
         return again
 
     # -- sending -----------------------------------------------------------------------
@@ -439,6 +468,7 @@ class Dispatcher:
                 return
         self._confirm(send, outcomes)
         outcomes.sent.append((row, sent))
+        metrics.SENDS_SENT.inc()
 
     def _confirm(self, send: _Send, outcomes: _Outcomes) -> None:
         # Every attempt counts, answered or not: Telegram may count it too.
@@ -458,21 +488,27 @@ class Dispatcher:
             wait = float(max(exc.retry_after or 1, 1))
             log.info("outbound_rate_limited", retry_after=wait)
             outcomes.deferred.append(_wait(row, now, wait, error=exc.description))
+            metrics.SENDS_RATE_LIMITED.inc()
         elif isinstance(exc, TelegramMigrated):
             log.info("outbound_chat_migrated")
             outcomes.migrated.append((row, exc.migrate_to_chat_id))
+            metrics.SENDS_MIGRATED.inc()
         elif isinstance(exc, TelegramUnauthorized):
             log.warning("outbound_token_rejected")
             outcomes.unauthorized.add(row.connection_id)
+            metrics.SENDS_UNAUTHORIZED.inc()
             # Claimed again only once the token is replaced (the pause is lifted).
             outcomes.deferred.append(_wait(row, now, SHORT_WAIT, error=exc.description))
         elif isinstance(exc, TelegramBadRequest | TelegramForbidden | TelegramNotFound):
             outcomes.failed.append(_Failure(row, exc.description))
+            metrics.SENDS_FAILED.inc()
         else:
             # 5xx, network errors, anything else: worth retrying, a few times.
             if self._settings.max_retries - row.attempts <= 0:
                 outcomes.failed.append(_Failure(row, exc.description))
+                metrics.SENDS_FAILED.inc()
                 return
+            metrics.SENDS_RETRIED.inc()
             if isinstance(exc, TelegramNetworkError) and exc.maybe_delivered:
                 # The answer was lost: Telegram may have sent it (see the docstring).
                 log.warning("outbound_answer_lost")
@@ -557,6 +593,16 @@ class Dispatcher:
                 connection, row.connection_id, int(row.chat_id), new_chat_id, conversation
             )
             await states.defer(connection, self._owner, [states.Deferral(row.id, now)], now)
+
+
+async def _first_done_or_stop(tasks: set[asyncio.Task[None]], stop: asyncio.Event) -> None:
+    """Wait for one of `tasks`, or for `stop` (so a stop is seen at once, and the
+    shutdown grace counts from it even while sends hang)."""
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({*tasks, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
 
 
 def _paused() -> Any:

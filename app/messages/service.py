@@ -22,6 +22,7 @@ from datetime import datetime, timedelta
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app import metrics
 from app.audit.repository import record
 from app.auth.models import Role
 from app.auth.service import AuthContext
@@ -238,6 +239,7 @@ class MessageService:
         decided = states.Decision(actor_token_id=self.auth.token_id, at=now)
         if not await states.approve(self.session, self.auth.workspace_id, message_id, decided):
             raise await self._no_longer_pending(message_id)
+        metrics.APPROVAL_WAIT.observe(max(0.0, (now - message.created_at).total_seconds()))
         return await self._reloaded(message)
 
     async def reject(self, message_id: uuid.UUID, reason: str) -> OutboundMessage:

@@ -416,6 +416,24 @@ async def defer(
     )
 
 
+async def release_claims(connection: AsyncConnection, owner: str, at: datetime) -> int:
+    """sending -> queued, due at `at`, for every message still under `owner`'s lease:
+    a worker stopping puts back what it will not finish, rather than leave it to wait
+    out its lease. Attempts are not counted. Returns how many were released."""
+    stmt = (
+        update(MESSAGES)
+        .where(MESSAGES.c.status == MessageStatus.sending, MESSAGES.c.lease_owner == owner)
+        .values(
+            status=MessageStatus.queued,
+            next_attempt_at=at,
+            lease_owner=None,
+            lease_until=None,
+            updated_at=at,
+        )
+    )
+    return int((await connection.execute(stmt)).rowcount)
+
+
 async def cancel_unsent_of_deleted_connection(
     session: AsyncSession, connection_id: uuid.UUID, actor_token_id: uuid.UUID
 ) -> None:

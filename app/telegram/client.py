@@ -31,6 +31,7 @@ import aiohttp
 import httpx
 import structlog
 
+from app import metrics
 from app.telegram.errors import (
     TelegramError,
     TelegramNetworkError,
@@ -242,6 +243,9 @@ class TelegramClient:
                 failure = exc
 
         elapsed = time.perf_counter() - started
+        metrics.observe_telegram_call(
+            method, failure.error_code if failure is not None else None, failure is None, elapsed
+        )
         outcome = _outcome(failure)
         self._report(method, outcome, elapsed, status, bot_id, failure)
         # Raised outside the except blocks, so nothing of the transport's failure is
