@@ -1,6 +1,6 @@
 """The `integrations` command (also `python -m app`).
 
-Commands: serve, worker, migrate, workspace create|list, token create,
+Commands: serve, worker, migrate, workspace create|list, token create, verify,
 vault status|rotate|generate-key.
 Errors go to stderr with a non-zero exit status.
 """
@@ -28,6 +28,8 @@ from app.vault import KeyringError
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+    from app.connections.verify import Expectation, VerifyReport
 
 
 class CommandError(Exception):
@@ -72,13 +74,13 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         metavar="PORT",
-        help="serve GET /metrics on this port (default: WORKER_METRICS_PORT; unset, none)",
+        help="serve GET /metrics on this port (overrides WORKER_METRICS_PORT; none: no endpoint)",
     )
     worker.add_argument(
         "--metrics-host",
         default=None,
         metavar="HOST",
-        help="the address the metrics port listens on (default: WORKER_METRICS_HOST)",
+        help="the address the metrics port listens on (overrides WORKER_METRICS_HOST)",
     )
     worker.set_defaults(run=lambda s, a: _run_fast(_worker(_worker_settings(s, a))))
     migrate = commands.add_parser("migrate", help="apply database migrations")
@@ -125,6 +127,43 @@ def _parser() -> argparse.ArgumentParser:
     issue.set_defaults(
         run=lambda s, a: asyncio.run(_token_create(s, a.workspace, Role(a.role), a.name, a.json))
     )
+
+    verify = commands.add_parser(
+        "verify",
+        help="check a bot token, its webhook or long polling, and optionally a real send",
+        description="Checks a bot: getMe, getWebhookInfo (is the webhook this service's, "
+        "delivery errors, pending updates), long polling where that is the mode, and a real "
+        "send with --chat-id. One PASS/FAIL/SKIP line per check; exit status 1 on any FAIL. "
+        "The token is never printed.",
+    )
+    which = verify.add_mutually_exclusive_group(required=True)
+    which.add_argument(
+        "--token",
+        metavar="TOKEN",
+        help="the bot token (visible to other users in the process list: prefer --token-env "
+        "or --token-stdin)",
+    )
+    which.add_argument(
+        "--token-env", metavar="NAME", help="read the bot token from this environment variable"
+    )
+    which.add_argument(
+        "--token-stdin", action="store_true", help="read the bot token from standard input"
+    )
+    which.add_argument(
+        "--connection",
+        type=uuid.UUID,
+        metavar="ID",
+        help="a connection of this service: its stored token, mode and webhook key",
+    )
+    verify.add_argument(
+        "--chat-id",
+        metavar="CHAT",
+        help="also send a test message to this chat (an id, or @channelusername)",
+    )
+    verify.add_argument(
+        "--json", action="store_true", help='print {"ok", "checks", "summary"} as JSON'
+    )
+    verify.set_defaults(run=lambda s, a: asyncio.run(_verify(s, a)))
 
     vault = commands.add_parser("vault", help="credential vault: key usage and rotation")
     vault_commands = vault.add_subparsers(
@@ -320,6 +359,106 @@ async def _token_create(
         print(f"{role} token: {secret}")
         print("The token is shown once; store it now.", file=sys.stderr)
     return 0
+
+
+def _chat_id(text: str | None) -> int | str | None:
+    if text is None:
+        return None
+    text = text.strip()
+    if text.lstrip("-").isdigit():
+        return int(text)
+    if text.startswith("@") and len(text) > 1:
+        return text
+    raise CommandError("--chat-id must be a chat id (an integer) or @channelusername")
+
+
+def _token_from(args: argparse.Namespace) -> str:
+    import os
+
+    if args.token_env is not None:
+        value = os.environ.get(args.token_env)
+        if not value:
+            raise CommandError(f"the environment variable {args.token_env} is unset or empty")
+        return str(value)
+    if args.token_stdin:
+        value = sys.stdin.readline()
+        if not value.strip():
+            raise CommandError("no token on standard input")
+        return value
+    return str(args.token)
+
+
+async def _verify(settings: Settings, args: argparse.Namespace) -> int:
+    import httpx
+
+    from app.connections.models import ConnectionMode
+    from app.connections.verify import Expectation, VerifyReport, verify_bot
+    from app.telegram.client import TelegramClient
+
+    chat_id = _chat_id(args.chat_id)
+    report = VerifyReport()
+    if args.connection is not None:
+        token, expect = await _connection_to_verify(settings, args.connection, report)
+    else:
+        token = _token_from(args)
+        expect = Expectation(
+            mode=ConnectionMode.webhook if settings.public_base_url else ConnectionMode.polling,
+            public_base_url=settings.public_base_url,
+        )
+    if token is not None and expect is not None:
+        timeout = httpx.Timeout(settings.telegram_request_timeout, connect=5.0)
+        async with httpx.AsyncClient(timeout=timeout, follow_redirects=False) as http:
+            telegram = TelegramClient(
+                http, settings.telegram_api_base, request_timeout=settings.telegram_request_timeout
+            )
+            await verify_bot(telegram, token, expect, chat_id=chat_id, report=report)
+    if args.json:
+        print(redact_text(json.dumps(report.as_json())))
+    else:
+        print("\n".join(redact_text(line) for line in report.lines()))
+    return 0 if report.ok else 1
+
+
+async def _connection_to_verify(
+    settings: Settings, connection_id: uuid.UUID, report: VerifyReport
+) -> tuple[str | None, Expectation | None]:
+    """The stored token and what the connection should look like; a FAIL line (and
+    no token) when its credentials cannot be opened."""
+    from app.connections.credentials import ConnectionCredentials, MissingCredential
+    from app.connections.repository import find_connection
+    from app.connections.status import CREDENTIALS_UNREADABLE_HINT
+    from app.connections.verify import CheckStatus, Expectation
+    from app.db import utcnow
+    from app.vault import Vault, VaultError, load_keyring
+
+    credentials = ConnectionCredentials(Vault(load_keyring(settings)))
+    async with _database(settings) as factory, factory() as session:
+        connection = await find_connection(session, connection_id)
+        if connection is None or connection.deleted_at is not None:
+            raise CommandError(f"no live connection with id {connection_id}")
+        describe = (
+            f"Connection {connection.id} (workspace {connection.workspace_id}): "
+            f"mode {connection.mode}, status {connection.status}."
+        )
+        try:
+            token = credentials.open(connection, "bot_token")
+        except (VaultError, MissingCredential):
+            report.add("connection", CheckStatus.failed, describe, CREDENTIALS_UNREADABLE_HINT)
+            return None, None
+        report.add("connection", CheckStatus.passed, describe)
+        grace = settings.webhook_secret_grace_seconds
+        expires = connection.previous_secret_expires_at
+        unsettled = expires is not None and (expires - utcnow()).total_seconds() > grace
+        expect = Expectation(
+            mode=connection.mode,
+            public_base_url=settings.public_base_url,
+            key_matches=lambda key: credentials.key_matches(connection, key),
+            bot_id=connection.bot_id,
+            poller=connection.poll_owner,
+            poll_lease_until=connection.poll_lease_until,
+            rotation_unsettled=unsettled,
+        )
+    return token, expect
 
 
 async def _vault(settings: Settings, command: str, batch_size: int) -> int:

@@ -81,6 +81,15 @@ async def find_live_connection_by_bot(
     return (await session.execute(stmt)).scalar_one_or_none()
 
 
+async def find_connection(
+    session: AsyncSession, connection_id: uuid.UUID
+) -> TelegramConnection | None:
+    """Live or deleted, in any workspace: unscoped on purpose, for the operator's
+    command line (`integrations verify --connection`), which has no workspace."""
+    stmt = select(TelegramConnection).where(TelegramConnection.id == connection_id)
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
 # -- Core statements for the webhook path and the worker ---------------------------
 # The ingress directory and the pollers run outside any request, on Core
 # connections of their own; their queries on this table live here all the same.

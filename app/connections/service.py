@@ -58,16 +58,12 @@ from app.connections.repository import ConnectionRepository, find_live_connectio
 from app.connections.schemas import DeleteOut, HealthOut
 from app.connections.status import (
     MANUAL_CLEANUP_HINT,
-    NO_WEBHOOK_HINT,
     STATUS_FOR_VERDICT,
     UNAUTHORIZED_HINT,
-    UNSETTLED_ROTATION_HINT,
     Verdict,
-    delivery_errors_hint,
+    judge_webhook,
     registration_failed_hint,
     unsettled_rotation_hint,
-    webhook_blocks_polling_hint,
-    webhook_elsewhere_hint,
 )
 from app.db import checkpoint, new_id, utcnow
 from app.errors import AppError, NotFound, RateLimited, ServiceUnavailable, ValidationFailed
@@ -88,9 +84,6 @@ from app.telegram.types import BotToken, BotUser, WebhookInfo
 logger = structlog.get_logger("app.connections")
 T = TypeVar("T")
 
-# Telegram's last_error_date stays set after the errors stop; only a recent one
-# says delivery is failing now.
-DEGRADED_WINDOW = timedelta(hours=1)
 # setWebhook answers 429 "retry after 1" when called twice within a second.
 MAX_SET_WEBHOOK_WAIT = 5.0
 # After a rotation Telegram may or may not have received: keep the previous secret
@@ -307,26 +300,23 @@ class ConnectionService:
         last_error_date = (
             datetime.fromtimestamp(info.last_error_date, UTC) if info.last_error_date else None
         )
-        report = HealthOut(
-            verdict=Verdict.healthy,
-            hint=None,
+        verdict, hint = judge_webhook(
+            mode=connection.mode,
+            url=info.url,
+            url_is_ours=ours,
+            last_error_date=last_error_date,
+            last_error_message=info.last_error_message,
+            rotation_unsettled=self._rotation_unsettled(connection),
+            now=utcnow(),
+        )
+        return HealthOut(
+            verdict=verdict,
+            hint=hint,
             webhook_url_is_ours=ours,
             pending_update_count=info.pending_update_count,
             last_error_date=last_error_date,
             last_error_message=info.last_error_message,
         )
-        if self._rotation_unsettled(connection):
-            report.verdict, report.hint = Verdict.action_required, UNSETTLED_ROTATION_HINT
-        elif connection.mode == ConnectionMode.webhook and not ours:
-            report.verdict = Verdict.action_required
-            report.hint = webhook_elsewhere_hint(host_of(info.url)) if info.url else NO_WEBHOOK_HINT
-        elif connection.mode == ConnectionMode.polling and info.url:
-            report.verdict = Verdict.action_required
-            report.hint = webhook_blocks_polling_hint(host_of(info.url))
-        elif last_error_date is not None and utcnow() - last_error_date < DEGRADED_WINDOW:
-            report.verdict = Verdict.degraded
-            report.hint = delivery_errors_hint(info.last_error_message)
-        return report
 
     # -- credentials ---------------------------------------------------------------
 

@@ -8,8 +8,10 @@ same whichever part of the service noticed the fault.
 from __future__ import annotations
 
 import enum
+from datetime import datetime, timedelta
 
-from app.connections.models import ConnectionStatus
+from app.connections.models import ConnectionMode, ConnectionStatus
+from app.connections.registration import host_of
 
 
 class Verdict(enum.StrEnum):
@@ -58,6 +60,39 @@ MANUAL_CLEANUP_HINT = (
     "https://api.telegram.org/bot<token>/deleteWebhook with the bot's token, or revoke "
     "the token in @BotFather."
 )
+
+
+# Telegram's last_error_date stays set after the errors stop; only a recent one
+# says delivery is failing now.
+DEGRADED_WINDOW = timedelta(hours=1)
+
+
+def judge_webhook(
+    *,
+    mode: ConnectionMode,
+    url: str,
+    url_is_ours: bool,
+    last_error_date: datetime | None,
+    last_error_message: str | None,
+    rotation_unsettled: bool,
+    now: datetime,
+) -> tuple[Verdict, str | None]:
+    """The health verdict on what getWebhookInfo said, with the hint for the fix.
+
+    The one judgement behind the health endpoint and `integrations verify`: a
+    webhook-mode bot must point here, a polling-mode bot must have no webhook, and a
+    delivery error within `DEGRADED_WINDOW` makes it degraded.
+    """
+    if rotation_unsettled:
+        return Verdict.action_required, UNSETTLED_ROTATION_HINT
+    if mode == ConnectionMode.webhook and not url_is_ours:
+        hint = webhook_elsewhere_hint(host_of(url)) if url else NO_WEBHOOK_HINT
+        return Verdict.action_required, hint
+    if mode == ConnectionMode.polling and url:
+        return Verdict.action_required, webhook_blocks_polling_hint(host_of(url))
+    if last_error_date is not None and now - last_error_date < DEGRADED_WINDOW:
+        return Verdict.degraded, delivery_errors_hint(last_error_message)
+    return Verdict.healthy, None
 
 
 def webhook_elsewhere_hint(host: str) -> str:
