@@ -36,7 +36,7 @@ from app.connections.registration import WEBHOOK_PATH, host_of, split_webhook_ur
 from app.connections.status import (
     CONFLICT_OTHER_CONSUMER_HINT,
     DEGRADED_WINDOW,
-    Verdict,
+    delivery_errors_hint,
     judge_webhook,
 )
 from app.telegram.client import TelegramClient
@@ -288,7 +288,7 @@ def _check_webhook(
 ) -> None:
     ours = _is_ours(info, expect)
     last_error = _last_error(info)
-    verdict, hint = judge_webhook(
+    _, hint = judge_webhook(
         mode=ConnectionMode.webhook,
         url=info.url,
         url_is_ours=ours,
@@ -335,7 +335,7 @@ def _check_webhook(
             "webhook_delivery",
             CheckStatus.failed,
             f"Telegram's last delivery failed {_ago(last_error, now)} ago: {message!r}; {pending}.",
-            hint if verdict == Verdict.degraded else _delivery_hint(info.last_error_message),
+            _delivery_hint(info.last_error_message),
         )
     else:
         older = (
@@ -351,7 +351,7 @@ def _check_webhook(
 
 
 def _delivery_hint(message: str | None) -> str:
-    """Words for Telegram's usual delivery errors."""
+    """Words for Telegram's usual delivery errors, and the health check's otherwise."""
     text = (message or "").lower()
     if "ssl" in text or "certificate" in text:
         return "Telegram refuses this service's TLS certificate: serve a valid, complete chain."
@@ -365,7 +365,7 @@ def _delivery_hint(message: str | None) -> str:
             "Telegram cannot reach PUBLIC_BASE_URL: check DNS, the firewall and the "
             "reverse proxy in front of `integrations serve`."
         )
-    return "Check that this service answers at PUBLIC_BASE_URL; Telegram retries for 24 hours."
+    return delivery_errors_hint(message)
 
 
 async def _check_polling(
