@@ -12,7 +12,8 @@ Rules the metrics keep:
   value: each label has a fixed, small set of values, listed with its metric.
 - The hot paths (webhook ingress, the dispatcher's sends, Telegram calls) use
   children bound once at import (`.labels(...)` looks the child up in a dict under a
-  lock each time); an increment is then one lock and one addition.
+  lock each time); an increment is then one lock and one addition (under a
+  microsecond here; a histogram observation about three).
 - Gauges computed from the database (`integrations_outbound_messages`) are
   refreshed by the reader at scrape time, at most every few seconds, never per event.
 

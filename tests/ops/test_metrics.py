@@ -26,12 +26,19 @@ from app.telegram.client import TelegramClient
 from app.telegram.errors import TelegramError
 from app.worker import run_worker
 from tests.conftest import WorkspaceFixture, make_settings, running_app
+from tests.ingress.test_polling import (
+    connect_polling_bots,
+    polling_settings,
+    queue,
+    running_worker,
+    wait_until_stored,
+)
 from tests.ingress.test_webhook import connected, post_update
 from tests.messages.test_dispatcher import connect, dispatching, reaches, request
 from tests.telegram_double.double import TelegramDouble
 from tests.telegram_double.fixtures import load_update
 
-__all__ = ["connected"]
+__all__ = ["connected", "polling_settings"]
 
 
 def sample(name: str, **labels: str) -> float:
@@ -274,6 +281,43 @@ async def test_sends_are_counted_by_outcome(
         "integrations_telegram_request_duration_seconds_count", method="sendMessage", outcome="4xx"
     )
     assert refused_calls == refused + 1
+
+
+async def test_polled_updates_count_as_received_from_polling(
+    polling_settings: Settings,
+    workspace: WorkspaceFixture,
+    telegram_double: TelegramDouble,
+    db_session_factory: async_sessionmaker[AsyncSession],
+) -> None:
+    ((bot, connection_id),) = await connect_polling_bots(
+        polling_settings, workspace, telegram_double
+    )
+    before = sample("integrations_updates_received_total", source="polling")
+    ids = queue(telegram_double, bot, 3)
+    async with running_worker(polling_settings):
+        await wait_until_stored(db_session_factory, connection_id, ids, "the polled updates")
+    assert sample("integrations_updates_received_total", source="polling") == before + 3
+
+
+async def test_a_chats_second_message_is_deferred_by_the_chat_limit(
+    app_client: httpx.AsyncClient,
+    workspace: WorkspaceFixture,
+    telegram_double: TelegramDouble,
+    db_engine: AsyncEngine,
+    settings: Settings,
+    redis_client: Redis,
+) -> None:
+    _, connection_id = await connect(app_client, workspace, telegram_double)
+    before = sample("integrations_outbound_deferrals_total", reason="chat")
+    messages = [
+        await request(app_client, workspace, connection_id, chat_id=501, text=f"m{n}")
+        for n in range(2)
+    ]
+    async with dispatching(db_engine, settings, redis_client):
+        for message in messages:
+            await reaches(app_client, workspace, message["id"], "sent")
+    # One a second per chat: the second waited for its place at least once.
+    assert sample("integrations_outbound_deferrals_total", reason="chat") >= before + 1
 
 
 @pytest.mark.parametrize(
