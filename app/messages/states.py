@@ -266,11 +266,19 @@ async def claim(
     )
     if paused_connections is not None:
         candidates = candidates.where(~paused_connections)
+    picked: Any = candidates.scalar_subquery()
     if connection.dialect.name == "postgresql":
-        candidates = candidates.with_for_update(skip_locked=True)
+        # A materialized CTE: the candidates are chosen once. As `IN (subquery)` the
+        # planner may scan the subquery again while it updates, and each rescan skips
+        # the rows this statement has already changed, so the LIMIT kept choosing
+        # more: one claim took every due message, whatever `limit` said.
+        chosen = (
+            candidates.with_for_update(skip_locked=True).cte("picked").prefix_with("MATERIALIZED")
+        )
+        picked = select(chosen.c.id)
     stmt = (
         update(MESSAGES)
-        .where(MESSAGES.c.id.in_(candidates.scalar_subquery()), claimable(now, due_by))
+        .where(MESSAGES.c.id.in_(picked), claimable(now, due_by))
         .values(
             status=MessageStatus.sending,
             lease_owner=owner,
