@@ -338,22 +338,49 @@ async def record_outbound(
     """Show a requested outbound message in its conversation (no Telegram id yet)."""
     await executor.execute(
         insert(MESSAGES_TABLE).values(
-            id=new_id(),
-            workspace_id=workspace_id,
-            connection_id=connection_id,
-            conversation_id=conversation_id,
-            direction="outbound",
-            telegram_message_id=None,
-            sender_contact_id=None,
-            content_kind="text",
-            text=clean_text(text),
-            sent_at=at,
-            edited_at=None,
-            received_at=at,
-            outbound_message_id=outbound_message_id,
-            delivery_status=status,
+            _outbound_row(
+                outbound_message_id=outbound_message_id,
+                workspace_id=workspace_id,
+                connection_id=connection_id,
+                conversation_id=conversation_id,
+                text=text,
+                status=status,
+                telegram_message_id=None,
+                at=at,
+            )
         )
     )
+
+
+def _outbound_row(
+    *,
+    outbound_message_id: uuid.UUID,
+    workspace_id: uuid.UUID,
+    connection_id: uuid.UUID,
+    conversation_id: uuid.UUID,
+    text: str,
+    status: str,
+    telegram_message_id: int | None,
+    at: datetime,
+) -> dict[str, Any]:
+    """The inbox row of an outbound message: its request or, once sent, its send
+    time stands for both when it was sent and when the inbox learnt of it."""
+    return {
+        "id": new_id(),
+        "workspace_id": workspace_id,
+        "connection_id": connection_id,
+        "conversation_id": conversation_id,
+        "direction": "outbound",
+        "telegram_message_id": telegram_message_id,
+        "sender_contact_id": None,
+        "content_kind": "text",
+        "text": clean_text(text),
+        "sent_at": at,
+        "edited_at": None,
+        "received_at": at,
+        "outbound_message_id": outbound_message_id,
+        "delivery_status": status,
+    }
 
 
 async def set_outbound_status(
@@ -430,22 +457,16 @@ async def record_outbound_sent(
     await executor.execute(
         insert(MESSAGES_TABLE),
         [
-            {
-                "id": new_id(),
-                "workspace_id": item.workspace_id,
-                "connection_id": item.connection_id,
-                "conversation_id": found[item.outbound_message_id],
-                "direction": "outbound",
-                "telegram_message_id": item.telegram_message_id,
-                "sender_contact_id": None,
-                "content_kind": "text",
-                "text": clean_text(item.text),
-                "sent_at": item.sent_at,
-                "edited_at": None,
-                "received_at": item.sent_at,
-                "outbound_message_id": item.outbound_message_id,
-                "delivery_status": "sent",
-            }
+            _outbound_row(
+                outbound_message_id=item.outbound_message_id,
+                workspace_id=item.workspace_id,
+                connection_id=item.connection_id,
+                conversation_id=found[item.outbound_message_id],
+                text=item.text,
+                status="sent",
+                telegram_message_id=item.telegram_message_id,
+                at=item.sent_at,
+            )
             for item in unknown
         ],
     )
