@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import TypeAlias
 
 from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisClusterException, RedisError
 
@@ -66,3 +67,15 @@ def create_redis(settings: Settings, client_name: str | None = None) -> RedisCli
 
 def is_cluster(redis: RedisClient) -> bool:
     return isinstance(redis, RedisCluster)
+
+
+async def open_pubsub(redis: RedisClient) -> PubSub:
+    """A pub/sub connection (the caller closes it).
+
+    A cluster client picks the subscription's node from its slot map, which it
+    only learns with its first command; so it learns it here first (a no-op once
+    known), or the first SUBSCRIBE of a fresh client fails.
+    """
+    if isinstance(redis, RedisCluster):
+        await redis.initialize()
+    return redis.pubsub()

@@ -26,7 +26,7 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.connections.repository import find_webhook_route
-from app.redis_client import RedisClient
+from app.redis_client import RedisClient, open_pubsub
 from app.vault import Vault
 
 logger = structlog.get_logger("app.ingress")
@@ -212,7 +212,7 @@ class DirectoryInvalidator:
         assert self._redis is not None
         while not self._stopping:
             try:
-                async with self._redis.pubsub() as pubsub:
+                async with await open_pubsub(self._redis) as pubsub:
                     await pubsub.subscribe(INVALIDATION_CHANNEL)
                     # Whatever changed while we were not listening is unknown.
                     self._directory.invalidate()
