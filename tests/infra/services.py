@@ -32,7 +32,8 @@ START_LIMIT = 30.0
 
 
 def require(program: str, package: str) -> str:
-    path = shutil.which(program)
+    # pgbouncer lives in /usr/sbin, which a non-root PATH may lack.
+    path = shutil.which(program) or shutil.which(program, path="/usr/sbin:/sbin")
     if path is None:
         raise RuntimeError(
             f"{program} is not installed: apt-get install -y {package} (.ci/run installs it)"
@@ -194,6 +195,10 @@ class PgBouncerProcess:
             "unix_socket_dir =\n"
             "auth_type = any\n"
             "pool_mode = transaction\n"
+            # What the README recommends: the statements a transaction prepared go
+            # when it ends, so none pile up on the shared server connections.
+            "server_reset_query = DEALLOCATE ALL\n"
+            "server_reset_query_always = 1\n"
             f"default_pool_size = {self.pool_size}\n"
             "max_client_conn = 500\n"
             f"logfile = {directory / 'pgbouncer.log'}\n"

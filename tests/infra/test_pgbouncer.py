@@ -230,3 +230,25 @@ async def test_each_engine_shares_pgbouncers_connections_only_with_the_setting(
         else ("prepared statement")
     )
     assert all(expected in str(exc) for exc in failed)
+
+
+async def test_prepared_statements_do_not_pile_up_on_server_connections(
+    bouncer_engine: AsyncEngine,
+) -> None:
+    """Each statement gets a name of its own, so every one left behind would stay on
+    its server connection; PgBouncer's reset (`DEALLOCATE ALL` after each
+    transaction, as the README recommends) clears them."""
+
+    async def one(n: int) -> int:
+        async with bouncer_engine.connect() as connection:
+            await connection.execute(text("SELECT CAST(:n AS integer)"), {"n": n})
+            left = (
+                await connection.execute(text("SELECT count(*) FROM pg_prepared_statements"))
+            ).scalar_one()
+            await connection.commit()
+            return int(left)
+
+    for _ in range(ROUNDS):
+        counts = await asyncio.gather(*(one(n) for n in range(CONCURRENT)))
+        # At most this transaction's own two statements, nothing from earlier ones.
+        assert max(counts) <= 2
