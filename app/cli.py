@@ -273,7 +273,7 @@ def _migrate(settings: Settings) -> int:
 
     if settings.database_url is None:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-    upgrade_to_head(settings.effective_database_url)
+    upgrade_to_head(settings.effective_database_url, pgbouncer=settings.database_pgbouncer)
     print("migrations applied", file=sys.stderr)
     return 0
 
@@ -284,7 +284,7 @@ async def _database(settings: Settings) -> AsyncIterator[async_sessionmaker[Asyn
     import app.models  # noqa: F401 - every table, so any mapper can be configured
     from app.db import create_engine, create_session_factory
 
-    engine = create_engine(settings.effective_database_url)
+    engine = create_engine(settings.effective_database_url, pgbouncer=settings.database_pgbouncer)
     try:
         yield create_session_factory(engine)
     finally:
@@ -476,7 +476,7 @@ async def _vault(settings: Settings, command: str, batch_size: int) -> int:
     )
 
     keyring = load_keyring(settings)
-    engine = create_engine(settings.effective_database_url)
+    engine = create_engine(settings.effective_database_url, pgbouncer=settings.database_pgbouncer)
     try:
         factory = create_session_factory(engine)
         fields = sealed_fields(metadata.sorted_tables)

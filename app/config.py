@@ -42,6 +42,11 @@ class Settings(BaseSettings):
     database_url: str | None = Field(default=None, repr=False)
     # Unset: an in-process rate limiter, which is not shared between replicas.
     redis_url: str | None = Field(default=None, repr=False)
+    # REDIS_URL names one node of a Redis Cluster (app/redis_client.py).
+    redis_cluster: bool = False
+    # DATABASE_URL goes through PgBouncer in transaction pooling mode: no named
+    # prepared statement may outlive its transaction (app/db.py).
+    database_pgbouncer: bool = False
 
     # "key_id:base64url-32-bytes,..." with the primary first. Unset in development:
     # a key file is generated under data_dir.

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import DateTime, MetaData, String, event
-from sqlalchemy.engine import Dialect
+from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -104,10 +104,39 @@ def new_id() -> uuid.UUID:
     return uuid.uuid4()
 
 
+def pgbouncer_connect_args() -> dict[str, Any]:
+    """asyncpg's arguments for a PgBouncer in transaction pooling mode.
+
+    In transaction mode each transaction may run on another server connection, so
+    a named prepared statement must never be relied on beyond the transaction that
+    made it, and two client connections must never pick the same name on one
+    server connection. asyncpg names statements `__asyncpg_stmt_<n>__`, counting
+    per client connection, so two clients collide ("prepared statement ... already
+    exists") and a cached statement goes missing ("... does not exist").
+
+    - `statement_cache_size=0`: asyncpg keeps no statement between calls (and,
+      knowing that, re-parses instead of trusting one across a Flush);
+    - `prepared_statement_cache_size=0`: nor does SQLAlchemy's asyncpg adapter;
+    - `prepared_statement_name_func`: the adapter still prepares each statement
+      (to learn its result columns); a random name cannot collide with another
+      client's statement left on the same server connection.
+    """
+    return {
+        "statement_cache_size": 0,
+        "prepared_statement_cache_size": 0,
+        "prepared_statement_name_func": _unique_statement_name,
+    }
+
+
+def _unique_statement_name() -> str:
+    return f"__asyncpg_{uuid.uuid4().hex}__"
+
+
 def create_engine(
     url: str,
     *,
     application_name: str | None = None,
+    pgbouncer: bool = False,
     pool_size: int = 10,
     max_overflow: int = 10,
     **kwargs: Any,
@@ -116,6 +145,8 @@ def create_engine(
 
     `application_name` names the process's connections in PostgreSQL's
     `pg_stat_activity` (which replica holds which locks, who is slow).
+    `pgbouncer`: `url` leads to a PgBouncer in transaction pooling mode
+    (`DATABASE_PGBOUNCER`, see `pgbouncer_connect_args`).
     `hide_parameters`: SQLAlchemy puts bound values into error messages, and a
     bound value may be a secret that never reached its sealed column.
     """
@@ -132,22 +163,44 @@ def create_engine(
             cursor.close()
 
         return engine
+    connect_args = kwargs.setdefault("connect_args", {})
     if application_name is not None:
-        connect_args = kwargs.setdefault("connect_args", {})
         connect_args.setdefault("server_settings", {})["application_name"] = application_name
+    if pgbouncer:
+        connect_args.update(pgbouncer_connect_args())
     kwargs.setdefault("pool_pre_ping", True)
     return create_async_engine(url, pool_size=pool_size, max_overflow=max_overflow, **kwargs)
 
 
+# The webhook path's limits on waiting for a lock and on one statement (ms).
+INGRESS_LOCK_TIMEOUT_MS = 5000
+INGRESS_STATEMENT_TIMEOUT_MS = 10000
+
+
 def create_ingress_engine(
-    url: str, *, application_name: str | None = None, pool_size: int = 10
+    url: str,
+    *,
+    application_name: str | None = None,
+    pgbouncer: bool = False,
+    pool_size: int = 10,
 ) -> AsyncEngine:
-    """The webhook path's own engine: a separate pool and short timeouts (PostgreSQL)."""
+    """The webhook path's own engine: a separate pool and short timeouts (PostgreSQL).
+
+    The server-side timeouts are session settings sent at connect; PgBouncer
+    accepts no such startup parameter (and a session `SET` would outlive the
+    transaction on a shared server connection), so behind it each transaction sets
+    them for itself (`set_config(..., true)`, one statement).
+    """
     if url.startswith("sqlite"):
         return create_engine(url)
-    return create_engine(
+    timeouts = {
+        "lock_timeout": str(INGRESS_LOCK_TIMEOUT_MS),
+        "statement_timeout": str(INGRESS_STATEMENT_TIMEOUT_MS),
+    }
+    engine = create_engine(
         url,
         application_name=application_name,
+        pgbouncer=pgbouncer,
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_timeout=5,
@@ -157,9 +210,19 @@ def create_ingress_engine(
         connect_args={
             "timeout": 5,
             "command_timeout": 10,
-            "server_settings": {"lock_timeout": "5000", "statement_timeout": "10000"},
+            "server_settings": {} if pgbouncer else dict(timeouts),
         },
     )
+    if pgbouncer:
+
+        @event.listens_for(engine.sync_engine, "begin")
+        def _transaction_timeouts(connection: Connection) -> None:
+            connection.exec_driver_sql(
+                f"SELECT set_config('lock_timeout', '{INGRESS_LOCK_TIMEOUT_MS}', true),"
+                f" set_config('statement_timeout', '{INGRESS_STATEMENT_TIMEOUT_MS}', true)"
+            )
+
+    return engine
 
 
 def create_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

@@ -18,9 +18,8 @@ import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from redis.asyncio import Redis
-
 from app.errors import Conflict, ServiceUnavailable
+from app.redis_client import RedisClient
 
 # The lock expires by itself this long after its holder dies; while the holder
 # lives it is renewed every third of that, however long the operation takes.
@@ -47,7 +46,7 @@ class OperationInProgress(Conflict):
 
 class OperationLocks:
     def __init__(
-        self, redis: Redis | None, *, prefix: str = "lock", ttl_ms: int = LOCK_TTL_MS
+        self, redis: RedisClient | None, *, prefix: str = "lock", ttl_ms: int = LOCK_TTL_MS
     ) -> None:
         self._redis = redis
         self._prefix = prefix

@@ -10,9 +10,12 @@ from alembic.config import Config
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
-def alembic_config(url: str | None = None) -> Config:
-    """The project's alembic configuration; `url` overrides the settings' database."""
+def alembic_config(url: str | None = None, *, pgbouncer: bool | None = None) -> Config:
+    """The project's alembic configuration; `url` overrides the settings' database,
+    `pgbouncer` their `DATABASE_PGBOUNCER`."""
     config = Config(str(PROJECT_ROOT / "alembic.ini"))
+    if pgbouncer is not None:
+        config.attributes["pgbouncer"] = pgbouncer
     config.set_main_option("script_location", str(PROJECT_ROOT / "migrations"))
     if url is not None:
         # ConfigParser interpolation treats '%' specially; URLs may contain it.
@@ -20,6 +23,6 @@ def alembic_config(url: str | None = None) -> Config:
     return config
 
 
-def upgrade_to_head(url: str | None = None) -> None:
+def upgrade_to_head(url: str | None = None, *, pgbouncer: bool | None = None) -> None:
     """Run every pending migration. Synchronous: call it outside an event loop."""
-    command.upgrade(alembic_config(url), "head")
+    command.upgrade(alembic_config(url, pgbouncer=pgbouncer), "head")

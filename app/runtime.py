@@ -25,7 +25,6 @@ import aiohttp
 import httpx
 import structlog
 from fastapi import Depends, Request
-from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.config import Settings
@@ -47,6 +46,7 @@ from app.ratelimit import (
     RateLimiter,
     RedisRateLimiter,
 )
+from app.redis_client import RedisClient, create_redis
 from app.telegram.client import TelegramClient
 from app.vault import Keyring, Vault, load_keyring
 
@@ -60,7 +60,7 @@ class ApiRuntime:
     settings: Settings
     engine: AsyncEngine
     session_factory: async_sessionmaker[AsyncSession]
-    redis: Redis | None
+    redis: RedisClient | None
     vault: Vault
     telegram: TelegramClient
     ingress: WebhookIngress
@@ -77,7 +77,7 @@ class WorkerRuntime:
 
     settings: Settings
     engine: AsyncEngine
-    redis: Redis | None
+    redis: RedisClient | None
     vault: Vault
     credentials: ConnectionCredentials
     telegram: TelegramClient
@@ -86,26 +86,13 @@ class WorkerRuntime:
     pacer: OutboundPacer
 
 
-def create_redis(url: str, client_name: str | None = None) -> Redis:
-    # Short timeouts: a request waiting on a dead Redis should fail fast with 503
-    # (Telegram redelivers) rather than hold a webhook connection open. The client
-    # name tells an operator's CLIENT LIST which process holds which connection.
-    return Redis.from_url(
-        url,
-        socket_connect_timeout=1.0,
-        socket_timeout=1.0,
-        health_check_interval=30,
-        decode_responses=False,
-        client_name=client_name,
-    )
-
-
 def _engine(stack: AsyncExitStack, settings: Settings, role: str) -> AsyncEngine:
     if settings.database_url is None:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = create_engine(
         settings.effective_database_url,
         application_name=f"{settings.database_application_name}-{role}",
+        pgbouncer=settings.database_pgbouncer,
         pool_size=settings.database_pool_size,
         max_overflow=settings.database_max_overflow,
     )
@@ -113,7 +100,7 @@ def _engine(stack: AsyncExitStack, settings: Settings, role: str) -> AsyncEngine
     return engine
 
 
-def _redis(stack: AsyncExitStack, settings: Settings, role: str) -> Redis | None:
+def _redis(stack: AsyncExitStack, settings: Settings, role: str) -> RedisClient | None:
     if not settings.redis_url:
         logger.warning(
             "redis_not_configured",
@@ -121,7 +108,7 @@ def _redis(stack: AsyncExitStack, settings: Settings, role: str) -> Redis | None
             "shared between replicas",
         )
         return None
-    redis = create_redis(settings.redis_url, f"{settings.database_application_name}-{role}")
+    redis = create_redis(settings, f"{settings.database_application_name}-{role}")
     stack.push_async_callback(redis.aclose)
     return redis
 
@@ -152,7 +139,7 @@ def _telegram(stack: AsyncExitStack, settings: Settings) -> TelegramClient:
 
 
 def _ingress(
-    stack: AsyncExitStack, settings: Settings, vault: Vault, redis: Redis | None
+    stack: AsyncExitStack, settings: Settings, vault: Vault, redis: RedisClient | None
 ) -> tuple[WebhookIngress, DirectoryInvalidator, RateLimiter]:
     """The webhook path; also returns the shared limiter the API uses."""
     limiter: RateLimiter
@@ -171,6 +158,7 @@ def _ingress(
     ingress_engine = create_ingress_engine(
         settings.effective_database_url,
         application_name=f"{settings.database_application_name}-ingress",
+        pgbouncer=settings.database_pgbouncer,
         pool_size=settings.ingress_database_pool_size,
     )
     stack.push_async_callback(ingress_engine.dispose)

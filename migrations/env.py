@@ -26,6 +26,14 @@ def _url() -> str:
     return settings.effective_database_url
 
 
+def _pgbouncer() -> bool:
+    # Given by the caller (app.migrate), else the settings' DATABASE_PGBOUNCER.
+    given = config.attributes.get("pgbouncer")
+    if given is not None:
+        return bool(given)
+    return get_settings().database_pgbouncer
+
+
 def _render_item(type_: str, obj: object, _autogen_context: object) -> str | bool:
     # Migrations must not import app code: render our column types as their
     # plain SQLAlchemy implementation (UTCDateTime -> DateTime(timezone=True), ...).
@@ -49,7 +57,7 @@ def _configure(connection: Connection) -> None:
 
 
 async def _run_online() -> None:
-    engine = create_engine(_url())
+    engine = create_engine(_url(), pgbouncer=_pgbouncer())
     async with engine.connect() as connection:
         await connection.run_sync(_configure)
         await connection.commit()

@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import structlog
-from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.connections.repository import find_webhook_route
+from app.redis_client import RedisClient, open_pubsub
 from app.vault import Vault
 
 logger = structlog.get_logger("app.ingress")
@@ -162,7 +162,7 @@ class RouteChangePublisher:
     publishes. Without Redis there are no other replicas to tell.
     """
 
-    def __init__(self, redis: Redis | None) -> None:
+    def __init__(self, redis: RedisClient | None) -> None:
         self._redis = redis
 
     async def connection_changed(self, connection_id: uuid.UUID) -> None:
@@ -178,7 +178,7 @@ class RouteChangePublisher:
 class DirectoryInvalidator:
     """Drops directory entries here and, through Redis, in every other replica."""
 
-    def __init__(self, directory: ConnectionDirectory, redis: Redis | None) -> None:
+    def __init__(self, directory: ConnectionDirectory, redis: RedisClient | None) -> None:
         self._directory = directory
         self._redis = redis
         self._publisher = RouteChangePublisher(redis)
@@ -212,7 +212,7 @@ class DirectoryInvalidator:
         assert self._redis is not None
         while not self._stopping:
             try:
-                async with self._redis.pubsub() as pubsub:
+                async with await open_pubsub(self._redis) as pubsub:
                     await pubsub.subscribe(INVALIDATION_CHANNEL)
                     # Whatever changed while we were not listening is unknown.
                     self._directory.invalidate()

@@ -58,6 +58,7 @@ which only fills in a count nobody has set meanwhile.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 import uuid
@@ -65,11 +66,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from redis.asyncio import Redis
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError
 
 from app.ratelimit import RateLimiterUnavailable
 from app.ratelimit.base import LazySweeper
+from app.redis_client import REDIS_FAILURES, RedisClient, is_cluster
 
 LimitedBy = Literal["chat", "bot", "day"]
 DAY_SECONDS = 86_400
@@ -495,7 +496,7 @@ class RedisOutboundPacer:
     """
 
     def __init__(
-        self, redis: Redis, limits: PacingLimits | None = None, *, prefix: str = "out"
+        self, redis: RedisClient, limits: PacingLimits | None = None, *, prefix: str = "out"
     ) -> None:
         self._redis = redis
         self._limits = limits or PacingLimits()
@@ -512,14 +513,7 @@ class RedisOutboundPacer:
             self._call([requests[i] for i in indexes], day, (counted or {}).get(connection_id, -1))
             for connection_id, indexes in groups
         ]
-        try:
-            replies = await self._run(PACING_SCRIPT, PACING_SCRIPT_SHA, calls)
-        except (RedisError, OSError) as exc:
-            # Only the type: redis-py messages can carry addresses, and a URL could
-            # carry a password. The cause stays chained for debugging.
-            raise RateLimiterUnavailable(
-                f"pacing store unavailable ({type(exc).__name__})"
-            ) from exc
+        replies = await self._run(PACING_SCRIPT, PACING_SCRIPT_SHA, calls)
         verdicts: list[PaceVerdict | None] = [None] * len(requests)
         for (_, indexes), reply in zip(groups, replies, strict=True):
             if reply == [-1]:
@@ -552,12 +546,7 @@ class RedisOutboundPacer:
                 answered = admitted + max(0, round(item.elapsed * MICROSECONDS))
                 args += [admitted, answered, 2 if is_group(item.chat_id) else 0]
             calls.append((keys, args))
-        try:
-            await self._run(CONFIRM_SCRIPT, CONFIRM_SCRIPT_SHA, calls)
-        except (RedisError, OSError) as exc:
-            raise RateLimiterUnavailable(
-                f"pacing store unavailable ({type(exc).__name__})"
-            ) from exc
+        await self._run(CONFIRM_SCRIPT, CONFIRM_SCRIPT_SHA, calls)
 
     def _bot_key(self, connection_id: uuid.UUID) -> str:
         return f"{self._prefix}:{{{connection_id}}}:bot"
@@ -594,27 +583,53 @@ class RedisOutboundPacer:
     async def _run(
         self, script: str, sha: str, calls: list[tuple[list[str], list[int]]]
     ) -> list[object]:
+        """Each call's reply, in order; any Redis failure is `RateLimiterUnavailable`."""
         replies: list[object] = [None] * len(calls)
         pending = list(range(len(calls)))
-        for attempt in range(2):
-            pipe = self._redis.pipeline(transaction=False)
-            for index in pending:
-                keys, args = calls[index]
-                pipe.evalsha(sha, len(keys), *keys, *args)
-            answers: list[object] = await pipe.execute(raise_on_error=False)
-            missing = []
-            for index, answer in zip(pending, answers, strict=True):
-                if isinstance(answer, NoScriptError):
-                    missing.append(index)
-                elif isinstance(answer, Exception):
-                    raise answer
-                else:
-                    replies[index] = answer
-            if not missing:
-                return replies
-            # A server did not know the script (first use, restart, failover): the
-            # calls it refused did not run; load it, then run just those again.
-            pending = missing
-            if attempt == 0:
-                await self._redis.script_load(script)
+        try:
+            for attempt in range(2):
+                answers = await self._send(sha, [calls[index] for index in pending])
+                missing = []
+                for index, answer in zip(pending, answers, strict=True):
+                    if isinstance(answer, NoScriptError):
+                        missing.append(index)
+                    elif isinstance(answer, Exception):
+                        raise answer
+                    else:
+                        replies[index] = answer
+                if not missing:
+                    return replies
+                # A server did not know the script (first use, restart, failover): the
+                # calls it refused did not run; load it (on every primary of a
+                # cluster), then run just those again.
+                pending = missing
+                if attempt == 0:
+                    await self._redis.script_load(script)
+        except REDIS_FAILURES as exc:
+            # Only the type: redis-py messages can carry addresses, and a URL could
+            # carry a password. The cause stays chained for debugging.
+            raise RateLimiterUnavailable(
+                f"pacing store unavailable ({type(exc).__name__})"
+            ) from exc
         raise RateLimiterUnavailable("pacing script could not be loaded")
+
+    async def _send(self, sha: str, calls: list[tuple[list[str], list[int]]]) -> list[object]:
+        """One round of EVALSHA calls; an error reply comes back in its call's place."""
+        if is_cluster(self._redis):
+            # redis-py's cluster pipeline refuses EVALSHA; the calls go concurrently
+            # instead, each to the primary of its connection's slot (its keys share
+            # one hash tag).
+            results = await asyncio.gather(
+                *(self._redis.evalsha(sha, len(keys), *keys, *args) for keys, args in calls),
+                return_exceptions=True,
+            )
+            for result in results:
+                # A cancelled call is not an answer.
+                if isinstance(result, BaseException) and not isinstance(result, Exception):
+                    raise result
+            return list(results)
+        pipe = self._redis.pipeline(transaction=False)
+        for keys, args in calls:
+            pipe.evalsha(sha, len(keys), *keys, *args)
+        answers: list[object] = await pipe.execute(raise_on_error=False)
+        return answers

@@ -11,10 +11,10 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
-from redis.asyncio import Redis
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError
 
 from app.ratelimit.base import Decision, RateLimit, RateLimiterUnavailable, check_cost
+from app.redis_client import REDIS_FAILURES, RedisClient
 
 MICROSECONDS = 1_000_000
 
@@ -93,7 +93,7 @@ class RedisRateLimiter:
     The client belongs to the caller, who closes it.
     """
 
-    def __init__(self, redis: Redis, *, prefix: str = "rl") -> None:
+    def __init__(self, redis: RedisClient, *, prefix: str = "rl") -> None:
         self._redis = redis
         self._prefix = prefix
 
@@ -129,7 +129,7 @@ class RedisRateLimiter:
                 reply = await self._redis.evalsha(GCRA_SCRIPT_SHA, 1, redis_key, *args)
             except NoScriptError:
                 reply = await self._redis.eval(GCRA_SCRIPT, 1, redis_key, *args)
-        except (RedisError, OSError) as exc:
+        except REDIS_FAILURES as exc:
             # Only the type: redis-py messages can carry addresses, and a URL
             # could carry a password. The cause stays chained for debugging.
             raise RateLimiterUnavailable(
