@@ -28,6 +28,7 @@ from fastapi import Depends, Request
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from app.broadcasts.service import cancel_unsent_of_deleted_connection
 from app.config import Settings
 from app.connections.credentials import ConnectionCredentials
 from app.connections.service import ConnectionCollaborators
@@ -37,7 +38,6 @@ from app.ingress.store import UpdateWriter
 from app.ingress.webhook import WebhookIngress
 from app.locks import OperationLocks
 from app.messages.pacing import LocalOutboundPacer, OutboundPacer, RedisOutboundPacer
-from app.messages.states import cancel_unsent_of_deleted_connection
 from app.ratelimit import (
     CachedPeek,
     LeasedRateLimiter,
