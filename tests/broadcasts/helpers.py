@@ -103,11 +103,12 @@ async def connect(
     double: TelegramDouble,
     *,
     approval: str = "required",
+    daily_limit: int = 1000,
 ) -> tuple[FakeBot, str]:
     bot, body = await connect_bot(client, workspace, double)
     patched = await client.patch(
         f"/api/v1/connections/{body['id']}",
-        json={"approval_mode": approval},
+        json={"approval_mode": approval, "daily_limit": daily_limit},
         headers=workspace.headers(),
     )
     assert patched.status_code == 200, patched.text
