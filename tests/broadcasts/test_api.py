@@ -609,3 +609,26 @@ async def test_a_broadcasts_messages_page_by_cursor_and_filter_by_status(
     assert bad.status_code == 422
     after = await get(app_client, workspace, broadcast["id"])
     assert after["counts"] == only(pending_approval=4, cancelled=1)
+
+
+async def test_ten_thousand_recipients_are_one_broadcast_approved_at_once(
+    backend_app: BackendApp, telegram_double: TelegramDouble
+) -> None:
+    client, workspace = backend_app.client, backend_app.workspace
+    _, connection_id = await connect(client, workspace, telegram_double)
+    chats = list(range(100_001, 110_001))
+    people = await seed_recipients(workspace.session_factory, workspace, connection_id, chats)
+    broadcast = await create(client, workspace, connection_id, contact_ids=people.contact_ids)
+    assert broadcast["recipient_count"] == 10_000
+    assert broadcast["counts"] == only(pending_approval=10_000)
+    _, reviewer = await workspace.token(Role.reviewer)
+    approved = await client.post(
+        f"{BROADCASTS}/{broadcast['id']}/approve", headers=workspace.headers(reviewer)
+    )
+    assert approved.status_code == 200, approved.text
+    assert approved.json()["counts"] == only(queued=10_000)
+    last = await client.get(
+        f"/api/v1/conversations/{people.conversation_ids[-1]}/messages",
+        headers=workspace.headers(),
+    )
+    assert [m["status"] for m in last.json()["items"]] == ["queued"]
