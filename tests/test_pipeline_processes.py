@@ -231,7 +231,8 @@ async def test_make_run_alone_receives_a_polled_message_as_the_readme_says(
     tmp_path: Path, telegram_double: TelegramDouble
 ) -> None:
     """The README's first screen: `make run`, create a workspace, connect a bot, send
-    it a message, see the conversation. Nothing else is started."""
+    it a message, see the conversation, answer it through the approval queue.
+    Nothing else is started."""
     port = free_port()
     env = process_env(tmp_path, TELEGRAM_API_BASE=telegram_double.base_url)
     bot = telegram_double.add_bot()
@@ -248,6 +249,35 @@ async def test_make_run_alone_receives_a_polled_message_as_the_readme_says(
             assert connected.status_code == 201, connected.text
             telegram_double.queue_update(bot, text_message(503, "hello, laptop"))
             await eventually(lambda: inbox_shows(client, 503, "hello, laptop"), "the message")
+            # And the answer goes out through the approval queue, on SQLite with
+            # the in-process pacer: requested by the admin, approved by a reviewer.
+            conversation = (await client.get("/api/v1/conversations")).json()["items"][0]
+            reply = await client.post(
+                "/api/v1/messages",
+                json={
+                    "connection_id": connected.json()["id"],
+                    "conversation_id": conversation["id"],
+                    "text": "hello from the laptop",
+                },
+            )
+            assert reply.status_code == 202, reply.text
+            assert reply.json()["status"] == "pending_approval"
+            reviewer = await client.post(
+                "/api/v1/tokens", json={"name": "reviewer", "role": "reviewer"}
+            )
+            assert reviewer.status_code == 201, reviewer.text
+            async with Service(base_url, reviewer.json()["token"]).client() as review:
+                approved = await review.post(f"/api/v1/messages/{reply.json()['id']}/approve")
+                assert approved.status_code == 200, approved.text
+
+            async def answered() -> bool:
+                message = (await client.get(f"/api/v1/messages/{reply.json()['id']}")).json()
+                return message["status"] == "sent"
+
+            await eventually(answered, "the approved reply to be sent")
+    assert [(m.chat_id, m.text) for m in telegram_double.sent_messages(bot)] == [
+        (503, "hello from the laptop")
+    ]
     assert (tmp_path / "data" / "integrations.db").exists()
     # One SIGTERM stopped both: the worker gracefully, inside the server's shutdown.
     assert "worker_stopped" in make_run.stderr

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from sqlalchemy import Table, bindparam, insert, select, update
+from sqlalchemy import Table, bindparam, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
@@ -338,22 +338,60 @@ async def record_outbound(
     """Show a requested outbound message in its conversation (no Telegram id yet)."""
     await executor.execute(
         insert(MESSAGES_TABLE).values(
-            id=new_id(),
-            workspace_id=workspace_id,
-            connection_id=connection_id,
-            conversation_id=conversation_id,
-            direction="outbound",
-            telegram_message_id=None,
-            sender_contact_id=None,
-            content_kind="text",
-            text=clean_text(text),
-            sent_at=at,
-            edited_at=None,
-            received_at=at,
-            outbound_message_id=outbound_message_id,
-            delivery_status=status,
+            _outbound_row(
+                outbound_message_id=outbound_message_id,
+                workspace_id=workspace_id,
+                connection_id=connection_id,
+                conversation_id=conversation_id,
+                text=text,
+                status=status,
+                telegram_message_id=None,
+                at=at,
+            )
         )
     )
+
+
+# On PostgreSQL a batch of sends is one statement whatever its size (one array per
+# column), instead of one update per message.
+_SENT_POSTGRES = """
+UPDATE conversation_messages AS c SET
+    telegram_message_id = v.telegram_message_id, delivery_status = 'sent', sent_at = v.sent_at
+FROM unnest(CAST(:ids AS uuid[]), CAST(:telegram_ids AS bigint[]), CAST(:sent_at AS timestamptz[]))
+    AS v(outbound_message_id, telegram_message_id, sent_at)
+WHERE c.outbound_message_id = v.outbound_message_id
+"""
+
+
+def _outbound_row(
+    *,
+    outbound_message_id: uuid.UUID,
+    workspace_id: uuid.UUID,
+    connection_id: uuid.UUID,
+    conversation_id: uuid.UUID,
+    text: str,
+    status: str,
+    telegram_message_id: int | None,
+    at: datetime,
+) -> dict[str, Any]:
+    """The inbox row of an outbound message: its request or, once sent, its send
+    time stands for both when it was sent and when the inbox learnt of it."""
+    return {
+        "id": new_id(),
+        "workspace_id": workspace_id,
+        "connection_id": connection_id,
+        "conversation_id": conversation_id,
+        "direction": "outbound",
+        "telegram_message_id": telegram_message_id,
+        "sender_contact_id": None,
+        "content_kind": "text",
+        "text": clean_text(text),
+        "sent_at": at,
+        "edited_at": None,
+        "received_at": at,
+        "outbound_message_id": outbound_message_id,
+        "delivery_status": status,
+    }
 
 
 async def set_outbound_status(
@@ -398,7 +436,16 @@ async def record_outbound_sent(
     for the messages domain to remember.
     """
     known = [item for item in sent if item.conversation_id is not None]
-    if known:
+    if known and _dialect_name(executor) == "postgresql":
+        await executor.execute(
+            text(_SENT_POSTGRES),
+            {
+                "ids": [item.outbound_message_id for item in known],
+                "telegram_ids": [item.telegram_message_id for item in known],
+                "sent_at": [item.sent_at for item in known],
+            },
+        )
+    elif known:
         await executor.execute(
             update(MESSAGES_TABLE)
             .where(MESSAGES_TABLE.c.outbound_message_id == bindparam("o_id"))
@@ -430,22 +477,16 @@ async def record_outbound_sent(
     await executor.execute(
         insert(MESSAGES_TABLE),
         [
-            {
-                "id": new_id(),
-                "workspace_id": item.workspace_id,
-                "connection_id": item.connection_id,
-                "conversation_id": found[item.outbound_message_id],
-                "direction": "outbound",
-                "telegram_message_id": item.telegram_message_id,
-                "sender_contact_id": None,
-                "content_kind": "text",
-                "text": clean_text(item.text),
-                "sent_at": item.sent_at,
-                "edited_at": None,
-                "received_at": item.sent_at,
-                "outbound_message_id": item.outbound_message_id,
-                "delivery_status": "sent",
-            }
+            _outbound_row(
+                outbound_message_id=item.outbound_message_id,
+                workspace_id=item.workspace_id,
+                connection_id=item.connection_id,
+                conversation_id=found[item.outbound_message_id],
+                text=item.text,
+                status="sent",
+                telegram_message_id=item.telegram_message_id,
+                at=item.sent_at,
+            )
             for item in unknown
         ],
     )
@@ -469,13 +510,16 @@ def _conversation_row(item: SentOutbound, key: str, row_id: uuid.UUID) -> dict[s
     }
 
 
+def _dialect_name(executor: AsyncSession | AsyncConnection) -> str:
+    return (executor.bind if isinstance(executor, AsyncSession) else executor).dialect.name
+
+
 async def _insert_missing(
     executor: AsyncSession | AsyncConnection, table: Table, rows: list[dict[str, Any]]
 ) -> None:
     """Insert the rows that do not exist yet; ingress (or another worker) may be
     creating the same conversation at this moment."""
-    dialect = (executor.bind if isinstance(executor, AsyncSession) else executor).dialect
-    build = postgresql.insert if dialect.name == "postgresql" else sqlite.insert
+    build = postgresql.insert if _dialect_name(executor) == "postgresql" else sqlite.insert
     # Rows as parameters, not as VALUES: the statement compiles once, however many.
     await executor.execute(build(table).on_conflict_do_nothing(), rows)
 

@@ -21,6 +21,7 @@ Contract:
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -50,6 +51,9 @@ from app.telegram.types import BotToken, BotUser, SentMessage, WebhookInfo
 __all__ = ["OnCall", "TelegramAnswer", "TelegramClient"]
 
 _log = structlog.get_logger(__name__)
+# The stdlib logger behind `_log`: asking it whether DEBUG is on is cheap, and spares
+# a worker building the skipped DEBUG line of every successful send.
+_stdlib_log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 
@@ -260,6 +264,9 @@ class TelegramClient:
         bot_id: int | None,
         failure: TelegramError | None,
     ) -> None:
+        if failure is None and not _stdlib_log.isEnabledFor(logging.DEBUG):
+            self._hook(method, outcome, elapsed)
+            return
         fields: dict[str, Any] = {
             "method": method,
             "outcome": outcome,
@@ -276,6 +283,9 @@ class TelegramClient:
                 description=failure.description,
                 **fields,
             )
+        self._hook(method, outcome, elapsed)
+
+    def _hook(self, method: str, outcome: str, elapsed: float) -> None:
         if self._on_call is not None:
             try:
                 self._on_call(method, outcome, elapsed)

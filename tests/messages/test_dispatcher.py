@@ -39,6 +39,29 @@ SEND = "/api/v1/messages"
 FAST = DispatchSettings(max_retries=2, idle_wait=0.05, backoff_base=0.01, backoff_cap=0.05)
 
 
+def new_dispatcher(
+    engine: AsyncEngine,
+    telegram: TelegramClient,
+    pacer: RedisOutboundPacer,
+    *,
+    owner: str = "worker-0",
+    options: DispatchSettings = FAST,
+) -> Dispatcher:
+    return Dispatcher(
+        engine=engine,
+        credentials=ConnectionCredentials(Vault(parse_keyring(TEST_VAULT_KEYS))),
+        telegram=telegram,
+        pacer=pacer,
+        owner=owner,
+        settings=options,
+    )
+
+
+def fresh_pacer(redis: Redis) -> RedisOutboundPacer:
+    """A pacer whose keys no other test shares."""
+    return RedisOutboundPacer(redis, prefix=f"test-{uuid.uuid4().hex[:6]}")
+
+
 @contextlib.asynccontextmanager
 async def dispatching(
     engine: AsyncEngine,
@@ -48,20 +71,15 @@ async def dispatching(
     workers: int = 1,
     options: DispatchSettings = FAST,
 ) -> AsyncIterator[list[Dispatcher]]:
-    """`workers` dispatchers (distinct owners, as replicas are) until the block ends."""
+    """`workers` dispatchers (distinct owners sharing one pacer's keys, as replicas
+    do) until the block ends."""
     stop = asyncio.Event()
+    pacer = fresh_pacer(redis)
     # The worker's own transport (app.runtime builds its client on aiohttp).
     async with aiohttp.ClientSession() as http:
         telegram = TelegramClient(http, settings.telegram_api_base, request_timeout=5)
         dispatchers = [
-            Dispatcher(
-                engine=engine,
-                credentials=ConnectionCredentials(Vault(parse_keyring(TEST_VAULT_KEYS))),
-                telegram=telegram,
-                pacer=RedisOutboundPacer(redis, prefix=f"test-{uuid.uuid4().hex[:6]}"),
-                owner=f"worker-{n}",
-                settings=options,
-            )
+            new_dispatcher(engine, telegram, pacer, owner=f"worker-{n}", options=options)
             for n in range(workers)
         ]
         tasks = [asyncio.create_task(d.run(stop)) for d in dispatchers]
@@ -430,13 +448,10 @@ async def test_a_message_that_must_wait_for_its_chat_waits_in_the_queue_holding_
     for n in range(3):
         await request(app_client, workspace, connection_id, chat_id=611, text=f"m{n}")
     async with aiohttp.ClientSession() as http:
-        dispatcher = Dispatcher(
-            engine=db_engine,
-            credentials=ConnectionCredentials(Vault(parse_keyring(TEST_VAULT_KEYS))),
-            telegram=TelegramClient(http, settings.telegram_api_base, request_timeout=5),
-            pacer=RedisOutboundPacer(redis_client, prefix=f"test-{uuid.uuid4().hex[:6]}"),
-            owner="worker-1",
-            settings=FAST,
+        dispatcher = new_dispatcher(
+            db_engine,
+            TelegramClient(http, settings.telegram_api_base, request_timeout=5),
+            fresh_pacer(redis_client),
         )
         assert await dispatcher.dispatch_once() == 3
     assert [r.text for r in telegram_double.sent_messages(bot)] == ["m0"]
