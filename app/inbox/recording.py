@@ -600,22 +600,16 @@ async def record_outbound_many(
     await executor.execute(
         insert(MESSAGES_TABLE),
         [
-            {
-                "id": new_id(),
-                "workspace_id": item.workspace_id,
-                "connection_id": item.connection_id,
-                "conversation_id": item.conversation_id,
-                "direction": "outbound",
-                "telegram_message_id": None,
-                "sender_contact_id": None,
-                "content_kind": "text",
-                "text": clean_text(item.text),
-                "sent_at": at,
-                "edited_at": None,
-                "received_at": at,
-                "outbound_message_id": item.outbound_message_id,
-                "delivery_status": item.status,
-            }
+            _outbound_row(
+                outbound_message_id=item.outbound_message_id,
+                workspace_id=item.workspace_id,
+                connection_id=item.connection_id,
+                conversation_id=item.conversation_id,
+                text=item.text,
+                status=item.status,
+                telegram_message_id=None,
+                at=at,
+            )
             for item in shown
         ],
     )

@@ -16,7 +16,6 @@ from redis.asyncio import Redis
 from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from app.connections.credentials import ConnectionCredentials
 from app.db import utcnow
 from app.inbox.models import Contact, Conversation
 from app.inbox.recording import contact_id, conversation_for_chat
@@ -24,14 +23,13 @@ from app.messages.dispatcher import Dispatcher, DispatchSettings
 from app.messages.pacing import PacingLimits, RedisOutboundPacer
 from app.telegram.client import TelegramClient
 from app.telegram.conversation_keys import ConversationKey
-from app.vault import Vault, parse_keyring
-from tests.conftest import TEST_VAULT_KEYS, WorkspaceFixture
+from tests.conftest import WorkspaceFixture
 from tests.connections.helpers import connect_bot
+from tests.messages.test_dispatcher import FAST, new_dispatcher
 from tests.telegram_double.double import TelegramDouble
 from tests.telegram_double.state import FakeBot
 
 BROADCASTS = "/api/v1/broadcasts"
-FAST = DispatchSettings(max_retries=2, idle_wait=0.05, backoff_base=0.01, backoff_cap=0.05)
 
 
 @dataclass(frozen=True)
@@ -174,13 +172,11 @@ async def dispatching(
     """A dispatcher, as the worker runs it, until the block ends."""
     stop = asyncio.Event()
     async with aiohttp.ClientSession() as http:
-        dispatcher = Dispatcher(
-            engine=engine,
-            credentials=ConnectionCredentials(Vault(parse_keyring(TEST_VAULT_KEYS))),
-            telegram=TelegramClient(http, telegram_api_base, request_timeout=5),
-            pacer=RedisOutboundPacer(redis, limits, prefix=f"test-{uuid.uuid4().hex[:6]}"),
-            owner="worker-0",
-            settings=options,
+        dispatcher = new_dispatcher(
+            engine,
+            TelegramClient(http, telegram_api_base, request_timeout=5),
+            RedisOutboundPacer(redis, limits, prefix=f"test-{uuid.uuid4().hex[:6]}"),
+            options=options,
         )
         task = asyncio.create_task(dispatcher.run(stop))
         try:
