@@ -76,6 +76,9 @@ class Settings(BaseSettings):
     # How long a worker holds a claimed message: if it dies mid-send, another
     # worker sends the message once this has passed. Longer than a send can take.
     dispatch_lease_seconds: float = Field(default=60.0, ge=1.0, le=3600.0)
+    # How fast an approved broadcast's messages fall due (app.messages.batches):
+    # below the bot's 30 a second, so its ordinary messages keep room beside it.
+    broadcast_messages_per_second: float = Field(default=25.0, gt=0, le=1000)
 
     # PostgreSQL pools per process: the API's (and the worker's) engine, and the
     # webhook path's own. Each process names its connections (PostgreSQL's

@@ -14,6 +14,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from app.auth.router import router as tokens_router
+from app.broadcasts.router import router as broadcasts_router
 from app.config import Settings, get_settings
 from app.connections.registration import WEBHOOK_PATH
 from app.connections.router import router as connections_router
@@ -165,5 +166,6 @@ def create_app(
     app.include_router(updates_router)
     app.include_router(inbox_router)
     app.include_router(messages_router)
+    app.include_router(broadcasts_router)
     app.router.routes.append(Route(WEBHOOK_PATH, endpoint=_WebhookEndpoint(), methods=["POST"]))
     return app

@@ -5,6 +5,7 @@ Importing this module registers all models on `Base.metadata`.
 
 from app.audit.models import AuditEvent
 from app.auth.models import ApiToken, Workspace
+from app.broadcasts.models import Broadcast
 from app.connections.models import TelegramConnection
 from app.db import Base
 from app.inbox.models import Contact, Conversation, ConversationMessage
@@ -16,6 +17,7 @@ metadata = Base.metadata
 __all__ = [
     "ApiToken",
     "AuditEvent",
+    "Broadcast",
     "Contact",
     "Conversation",
     "ConversationMessage",

@@ -27,6 +27,7 @@ import structlog
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from app.broadcasts.service import cancel_unsent_of_deleted_connection
 from app.config import Settings
 from app.connections.credentials import ConnectionCredentials
 from app.connections.service import ConnectionCollaborators
@@ -37,7 +38,6 @@ from app.ingress.webhook import WebhookIngress
 from app.locks import OperationLocks
 from app.messages.pacing import LocalOutboundPacer, OutboundPacer, RedisOutboundPacer
 from app.messages.queue_metrics import QueueGauges
-from app.messages.states import cancel_unsent_of_deleted_connection
 from app.metrics import MetricsAccess
 from app.ratelimit import (
     CachedPeek,

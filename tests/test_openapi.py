@@ -596,6 +596,113 @@ async def rejecting_an_unknown_message(ctx: Situation, method: str, path: str) -
     return await ctx.call(method, fill(path, str(uuid.uuid4())), json={"reason": "No"})
 
 
+# Broadcasts
+
+BROADCASTS = "/api/v1/broadcasts"
+ONE_BROADCAST = f"{BROADCASTS}/{{broadcast_id}}"
+BROADCAST_MESSAGES = f"{ONE_BROADCAST}/messages"
+APPROVE_BROADCAST = f"{ONE_BROADCAST}/approve"
+REJECT_BROADCAST = f"{ONE_BROADCAST}/reject"
+CANCEL_BROADCAST = f"{ONE_BROADCAST}/cancel"
+
+
+async def broadcast_body(ctx: Situation) -> dict[str, Any]:
+    """A broadcast request to the one contact of a new connection."""
+    bot, connection_id = await ctx.connection()
+    key, secret = webhook_credentials(ctx.double, bot)
+    received = await post_update(ctx.client, key, secret, load_update("01_message"))
+    assert received.status_code == 200
+    contacts = await ctx.call("GET", "/api/v1/contacts", params={"connection_id": connection_id})
+    contact_ids = [c["id"] for c in contacts.json()["items"]]
+    return {
+        "name": "Launch",
+        "connection_id": connection_id,
+        "text": "Hi",
+        "contact_ids": contact_ids,
+    }
+
+
+async def pending_broadcast(ctx: Situation) -> dict[str, Any]:
+    """A broadcast the workspace's admin token requested, waiting for approval."""
+    response = await ctx.call("POST", BROADCASTS, json=await broadcast_body(ctx))
+    assert response.status_code == 202, response.text
+    broadcast: dict[str, Any] = response.json()
+    return broadcast
+
+
+@provokes(("POST", BROADCASTS, 202), ("GET", BROADCASTS, 200))
+async def broadcast_requested(ctx: Situation, method: str, path: str) -> httpx.Response:
+    if method == "GET":
+        await pending_broadcast(ctx)
+        return await ctx.call(method, path)
+    return await ctx.call(method, path, json=await broadcast_body(ctx))
+
+
+@provokes(("POST", BROADCASTS, 200), ("POST", BROADCASTS, 409))
+async def broadcast_requested_again(ctx: Situation, method: str, path: str) -> httpx.Response:
+    body = await broadcast_body(ctx)
+    key = {"Idempotency-Key": f"case-{uuid.uuid4()}"}
+    first = await ctx.client.post(path, json=body, headers={**ctx.workspace.headers(), **key})
+    assert first.status_code == 202
+    again = {**body, "text": "Hi" if DOCUMENT_STATUS.get() == 200 else "Hello"}
+    return await ctx.client.post(path, json=again, headers={**ctx.workspace.headers(), **key})
+
+
+@provokes(("POST", BROADCASTS, 404))
+async def broadcast_through_an_unknown_connection(
+    ctx: Situation, method: str, path: str
+) -> httpx.Response:
+    body = {**await broadcast_body(ctx), "connection_id": str(uuid.uuid4())}
+    return await ctx.call(method, path, json=body)
+
+
+@provokes(
+    ("GET", ONE_BROADCAST, 200),
+    ("GET", BROADCAST_MESSAGES, 200),
+    ("POST", CANCEL_BROADCAST, 200),
+)
+async def on_a_broadcast(ctx: Situation, method: str, path: str) -> httpx.Response:
+    broadcast = await pending_broadcast(ctx)
+    return await ctx.call(method, fill(path, broadcast["id"]))
+
+
+@provokes(
+    ("POST", APPROVE_BROADCAST, 200),
+    ("POST", REJECT_BROADCAST, 200),
+    ("POST", APPROVE_BROADCAST, 409),
+)
+async def broadcast_decided_by_a_reviewer(ctx: Situation, method: str, path: str) -> httpx.Response:
+    broadcast = await pending_broadcast(ctx)
+    _, reviewer = await ctx.workspace.token(Role.reviewer)
+    url = fill(path, broadcast["id"])
+    if DOCUMENT_STATUS.get() == 409:
+        assert (await ctx.call(method, url, token=reviewer)).status_code == 200
+    return await ctx.call(method, url, token=reviewer, json={"reason": "Off-brand"})
+
+
+@provokes(("POST", REJECT_BROADCAST, 409), ("POST", CANCEL_BROADCAST, 409))
+async def broadcast_decided_twice(ctx: Situation, method: str, path: str) -> httpx.Response:
+    broadcast = await pending_broadcast(ctx)
+    cancelled = await ctx.call("POST", fill(CANCEL_BROADCAST, broadcast["id"]))
+    assert cancelled.status_code == 200
+    _, reviewer = await ctx.workspace.token(Role.reviewer)
+    token = reviewer if path == REJECT_BROADCAST else None
+    return await ctx.call(method, fill(path, broadcast["id"]), token=token, json={"reason": "No"})
+
+
+@provokes(("POST", APPROVE_BROADCAST, 403), ("POST", REJECT_BROADCAST, 403))
+async def broadcast_decided_by_its_requester(
+    ctx: Situation, method: str, path: str
+) -> httpx.Response:
+    broadcast = await pending_broadcast(ctx)
+    return await ctx.call(method, fill(path, broadcast["id"]), json={"reason": "Mine"})
+
+
+@provokes(("POST", REJECT_BROADCAST, 404))
+async def rejecting_an_unknown_broadcast(ctx: Situation, method: str, path: str) -> httpx.Response:
+    return await ctx.call(method, fill(path, str(uuid.uuid4())), json={"reason": "No"})
+
+
 # Webhook
 
 

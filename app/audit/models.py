@@ -1,4 +1,5 @@
-"""The audit trail: every decision on, and lifecycle change of, an outbound message."""
+"""The audit trail: every decision on, and lifecycle change of, an outbound message
+or a broadcast (`app.broadcasts`)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ class AuditEvent(Base):
     __table_args__ = (
         Index("ix_audit_events_workspace_created", "workspace_id", "created_at", "id"),
         Index("ix_audit_events_message", "message_id"),
+        Index("ix_audit_events_broadcast", "broadcast_id"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
@@ -26,5 +28,7 @@ class AuditEvent(Base):
     actor_token_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, nullable=True)
     action: Mapped[str] = mapped_column(String(32))
     message_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, nullable=True)
+    # Set on a broadcast's own events (requested, approved, rejected, cancelled).
+    broadcast_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, nullable=True)
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

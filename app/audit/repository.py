@@ -24,6 +24,7 @@ async def record(
     actor_token_id: uuid.UUID | None,
     at: datetime,
     reason: str | None = None,
+    broadcast_id: uuid.UUID | None = None,
 ) -> None:
     """One audit row, in the caller's transaction (so it commits with what it records)."""
     await executor.execute(
@@ -33,6 +34,7 @@ async def record(
             actor_token_id=actor_token_id,
             action=action,
             message_id=message_id,
+            broadcast_id=broadcast_id,
             reason=reason,
             created_at=at,
         )
@@ -52,9 +54,16 @@ class AuditRepository:
         self.session = session
         self.workspace_id = workspace_id
 
-    async def events(self, params: PageParams, message_id: uuid.UUID | None) -> list[AuditEvent]:
+    async def events(
+        self,
+        params: PageParams,
+        message_id: uuid.UUID | None,
+        broadcast_id: uuid.UUID | None = None,
+    ) -> list[AuditEvent]:
         stmt = select(AuditEvent).where(AuditEvent.workspace_id == self.workspace_id)
         if message_id is not None:
             stmt = stmt.where(AuditEvent.message_id == message_id)
+        if broadcast_id is not None:
+            stmt = stmt.where(AuditEvent.broadcast_id == broadcast_id)
         stmt = keyset(stmt, AuditEvent.created_at, AuditEvent.id, params, descending=True)
         return list((await self.session.execute(stmt)).scalars())

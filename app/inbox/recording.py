@@ -577,3 +577,39 @@ async def move_chat(
         .values(conversation_id=new_id_)
     )
     return new_id_
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundShown:
+    """A requested outbound message to show in its conversation (`record_outbound_many`)."""
+
+    outbound_message_id: uuid.UUID
+    workspace_id: uuid.UUID
+    connection_id: uuid.UUID
+    conversation_id: uuid.UUID
+    text: str
+    status: str
+
+
+async def record_outbound_many(
+    executor: AsyncSession | AsyncConnection, shown: Sequence[OutboundShown], at: datetime
+) -> None:
+    """`record_outbound` for many messages at once (a broadcast's): one statement."""
+    if not shown:
+        return
+    await executor.execute(
+        insert(MESSAGES_TABLE),
+        [
+            _outbound_row(
+                outbound_message_id=item.outbound_message_id,
+                workspace_id=item.workspace_id,
+                connection_id=item.connection_id,
+                conversation_id=item.conversation_id,
+                text=item.text,
+                status=item.status,
+                telegram_message_id=None,
+                at=at,
+            )
+            for item in shown
+        ],
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import select
@@ -57,3 +58,33 @@ class InboxRepository:
                 stmt, ConversationMessage.sent_at, ConversationMessage.id, params, descending=False
             )
         )
+
+    async def contacts_by_id(self, contact_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, Contact]:
+        """The workspace's contacts among `contact_ids` (others are simply absent)."""
+        found: dict[uuid.UUID, Contact] = {}
+        for chunk in _chunks(contact_ids):
+            stmt = select(Contact).where(
+                Contact.workspace_id == self.workspace_id, Contact.id.in_(chunk)
+            )
+            found.update((row.id, row) for row in await self._all(stmt))
+        return found
+
+    async def conversations_by_id(
+        self, conversation_ids: Sequence[uuid.UUID]
+    ) -> dict[uuid.UUID, Conversation]:
+        """The workspace's conversations among `conversation_ids`."""
+        found: dict[uuid.UUID, Conversation] = {}
+        for chunk in _chunks(conversation_ids):
+            stmt = select(Conversation).where(
+                Conversation.workspace_id == self.workspace_id, Conversation.id.in_(chunk)
+            )
+            found.update((row.id, row) for row in await self._all(stmt))
+        return found
+
+
+# Ids looked up per statement: well inside every driver's limit on bound parameters.
+_LOOKUP_CHUNK = 5000
+
+
+def _chunks(ids: Sequence[uuid.UUID]) -> list[list[uuid.UUID]]:
+    return [list(ids[i : i + _LOOKUP_CHUNK]) for i in range(0, len(ids), _LOOKUP_CHUNK)]

@@ -58,6 +58,8 @@ class OutboundMessage(Base):
         Index("ix_outbound_messages_due", "status", "next_attempt_at"),
         Index("ix_outbound_messages_workspace_created", "workspace_id", "created_at", "id"),
         Index("ix_outbound_messages_connection_status", "connection_id", "status"),
+        # A broadcast's messages, in their order (app.messages.batches).
+        Index("ix_outbound_messages_broadcast", "broadcast_id", "broadcast_position"),
         # One message per idempotency key and workspace, however many requests race.
         Index(
             "uq_outbound_messages_idempotency",
@@ -112,6 +114,13 @@ class OutboundMessage(Base):
     # claimed again (its worker died).
     lease_owner: Mapped[str | None] = mapped_column(String(64), nullable=True)
     lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+    # The broadcast the message belongs to (app.broadcasts), and its place among the
+    # broadcast's recipients (0, 1, ...): approval spreads the sends by it.
+    broadcast_id: Mapped[uuid.UUID | None] = mapped_column(
+        Uuid, ForeignKey("broadcasts.id", ondelete="CASCADE"), nullable=True
+    )
+    broadcast_position: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
     idempotency_key: Mapped[str | None] = mapped_column(String(200), nullable=True)
     # SHA-256 of the request body the key was first used with.

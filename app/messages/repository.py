@@ -27,6 +27,23 @@ class MessageRepository:
         stmt = self._scoped().where(OutboundMessage.idempotency_key == key)
         return (await self.session.execute(stmt)).scalar_one_or_none()
 
+    async def in_broadcast(
+        self, broadcast_id: uuid.UUID, params: PageParams, *, status: MessageStatus | None
+    ) -> list[OutboundMessage]:
+        """A broadcast's messages in the order of its recipients."""
+        stmt = self._scoped().where(OutboundMessage.broadcast_id == broadcast_id)
+        if status is not None:
+            stmt = stmt.where(OutboundMessage.status == status)
+        stmt = keyset(
+            stmt,
+            OutboundMessage.broadcast_position,
+            OutboundMessage.id,
+            params,
+            descending=False,
+            kind=int,
+        )
+        return list((await self.session.execute(stmt)).scalars())
+
     async def list(
         self,
         params: PageParams,

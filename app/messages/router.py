@@ -66,6 +66,7 @@ def message_out(message: OutboundMessage) -> MessageOut:
         expires_at=message.expires_at,
         created_at=message.created_at,
         sent_at=message.sent_at,
+        broadcast_id=message.broadcast_id,
     )
 
 
@@ -199,12 +200,17 @@ async def list_audit(
     session: DbSession,
     params: Params,
     message_id: Annotated[uuid.UUID | None, Query()] = None,
+    broadcast_id: Annotated[uuid.UUID | None, Query()] = None,
 ) -> Page[AuditEventOut]:
     """Admin only. Every decision on and lifecycle change of a message (requested,
-    approved, rejected, cancelled, expired, sent, failed), newest first, with the
-    acting token (none for the service itself) and the reason. `?message_id=`
-    narrows it to one message. Cursor-paginated."""
-    rows = await AuditRepository(session, auth.workspace_id).events(params, message_id)
+    approved, rejected, cancelled, expired, sent, failed) and of a broadcast
+    (broadcast_requested, broadcast_approved, broadcast_rejected,
+    broadcast_cancelled), newest first, with the acting token (none for the service
+    itself) and the reason. `?message_id=` narrows it to one message,
+    `?broadcast_id=` to one broadcast's own events. Cursor-paginated."""
+    rows = await AuditRepository(session, auth.workspace_id).events(
+        params, message_id, broadcast_id
+    )
     page, next_cursor = page_of(rows, params, lambda r: r.created_at)
     return Page(
         items=[AuditEventOut.model_validate(r, from_attributes=True) for r in page],

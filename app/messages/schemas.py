@@ -40,6 +40,10 @@ def _no_nul(value: str) -> str:
     return value
 
 
+# Checked against Telegram's rules (formatting.validate_text) by the service.
+MessageText = Annotated[str, Field(min_length=1, max_length=40_000), AfterValidator(_no_nul)]
+
+
 class LinkPreviewOptions(RequestModel):
     """Telegram's LinkPreviewOptions, as sendMessage takes it."""
 
@@ -54,8 +58,7 @@ class MessageCreate(RequestModel):
     connection_id: Annotated[uuid.UUID, FromString]
     chat_id: ChatId | None = None
     conversation_id: Annotated[uuid.UUID | None, FromString] = None
-    # Checked against Telegram's rules (formatting.validate_text) by the service.
-    text: Annotated[str, Field(min_length=1, max_length=40_000), AfterValidator(_no_nul)]
+    text: MessageText
     parse_mode: Annotated[ParseMode | None, FromString] = None
     reply_to_message_id: Annotated[StrictInt, Field(ge=1)] | None = None
     message_thread_id: Annotated[StrictInt, Field(ge=1)] | None = None
@@ -92,6 +95,8 @@ class MessageOut(BaseModel):
     expires_at: datetime | None
     created_at: datetime
     sent_at: datetime | None
+    # The broadcast the message belongs to, if any (app.broadcasts).
+    broadcast_id: uuid.UUID | None = None
 
 
 class AuditEventOut(BaseModel):
@@ -99,5 +104,6 @@ class AuditEventOut(BaseModel):
     actor_token_id: uuid.UUID | None
     action: str
     message_id: uuid.UUID | None
+    broadcast_id: uuid.UUID | None
     reason: str | None
     created_at: datetime

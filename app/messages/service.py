@@ -19,6 +19,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from pydantic import BaseModel
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -40,7 +41,7 @@ from app.messages.errors import (
     NotPending,
     SelfApproval,
 )
-from app.messages.formatting import InvalidText, validate_text
+from app.messages.formatting import InvalidText, ParseMode, validate_text
 from app.messages.models import MessageStatus, OutboundMessage
 from app.messages.repository import MessageRepository
 from app.messages.schemas import MessageCreate
@@ -58,10 +59,24 @@ class Address:
     direct_messages_topic_id: int | None = None
 
 
-def fingerprint(body: MessageCreate) -> str:
+def fingerprint(body: BaseModel) -> str:
     """The same request body, however its JSON was spelled."""
     canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def check_text(text: str, parse_mode: ParseMode | None) -> None:
+    """Telegram's rules for a message's text (422 naming the problem and its place)."""
+    try:
+        validate_text(text, parse_mode)
+    except InvalidText as exc:
+        raise ValidationFailed(f"text: {exc.problem.message}", field="text") from None
+
+
+def repeat_of(earlier_fingerprint: str | None, request: str) -> None:
+    """An idempotent repeat must carry the body the key was first used with (else 409)."""
+    if earlier_fingerprint != request:
+        raise IdempotencyKeyReused()
 
 
 class MessageService:
@@ -98,10 +113,7 @@ class MessageService:
         self, body: MessageCreate, idempotency_key: str | None
     ) -> tuple[OutboundMessage, bool]:
         """The message, and whether this request created it (False: an idempotent repeat)."""
-        try:
-            validate_text(body.text, body.parse_mode)
-        except InvalidText as exc:
-            raise ValidationFailed(f"text: {exc.problem.message}", field="text") from None
+        check_text(body.text, body.parse_mode)
         request = fingerprint(body)
         if idempotency_key is not None:
             earlier = await self.repository.by_idempotency_key(idempotency_key)
@@ -156,8 +168,7 @@ class MessageService:
         return message, True
 
     def _repeat(self, earlier: OutboundMessage, request: str) -> OutboundMessage:
-        if earlier.request_fingerprint != request:
-            raise IdempotencyKeyReused()
+        repeat_of(earlier.request_fingerprint, request)
         return earlier
 
     async def _record_created(self, message: OutboundMessage, now: datetime) -> None:

@@ -15,6 +15,9 @@ Decisions a test author must know:
 - setWebhook allows a non-empty URL once a second per bot (real behaviour),
   measured on `clock.monotonic()`; tests switch it off with
   `enforce_set_webhook_rate_limit = False` or move a `ManualClock`.
+- sendMessage is never rate limited unless a test sets `send_limits` (a
+  `SendLimits`: Telegram's per-chat, per-group and per-bot limits); then a send
+  over one is answered 429 with `retry_after` and is not delivered.
 - Long polls and scripted delays wait in real time (capped by `long_poll_cap`
   and `HANG_LIMIT`); `reset()` and `stop()` end them at once.
 """
@@ -45,6 +48,7 @@ from tests.telegram_double.state import (
     RecordedCall,
     ScriptedDelay,
     ScriptedFailure,
+    SendLimits,
     SentMessageRecord,
     SystemClock,
     Violation,
@@ -144,6 +148,8 @@ class TelegramDouble:
         self._delays: list[ScriptedDelay] = []
         self.clock: Clock = SystemClock()
         self.enforce_set_webhook_rate_limit = True
+        # Telegram's sending limits, enforced only when a test sets them.
+        self.send_limits: SendLimits | None = None
         self.long_poll_cap = self.DEFAULT_LONG_POLL_CAP
         # Waiting requests from before see the change and return.
         self._generation += 1
@@ -449,6 +455,7 @@ class TelegramDouble:
             now_unix=int(self.clock.time()),
             enforce_set_webhook_rate_limit=self.enforce_set_webhook_rate_limit,
             update_kinds=self.update_kinds,
+            send_limits=self.send_limits,
         )
 
     def _violate(self, method: str, description: str, params: dict[str, Any]) -> None:

@@ -7,8 +7,10 @@ real API's texts.
 
 from __future__ import annotations
 
+import math
 import re
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +20,7 @@ from tests.telegram_double.state import (
     DEFAULT_MAX_CONNECTIONS,
     BotState,
     ChatState,
+    SendLimits,
     SentMessageRecord,
 )
 
@@ -52,6 +55,8 @@ class Context:
     now_unix: int
     enforce_set_webhook_rate_limit: bool
     update_kinds: frozenset[str]
+    # Telegram's sending limits, enforced when set (TelegramDouble.send_limits).
+    send_limits: SendLimits | None = None
 
 
 def ok(result: Any, description: str | None = None) -> Reply:
@@ -271,6 +276,12 @@ def send_message(bs: BotState, params: dict[str, Any], ctx: Context) -> Reply:
             "Bad Request: group chat was upgraded to a supergroup chat",
             migrate_to_chat_id=chat.migrate_to_chat_id,
         )
+    if ctx.send_limits is not None:
+        wait = _over_send_limits(bs, chat, ctx.send_limits, ctx.now_monotonic)
+        if wait is not None:
+            return too_many_requests(max(1, math.ceil(wait)))
+        chat.delivered_at.append(ctx.now_monotonic)
+        bs.delivered_at.append(ctx.now_monotonic)
     chat.last_message_id += 1
     message: dict[str, Any] = {
         "message_id": chat.last_message_id,
@@ -293,6 +304,28 @@ def send_message(bs: BotState, params: dict[str, Any], ctx: Context) -> Reply:
         )
     )
     return ok(message)
+
+
+def _over_send_limits(
+    bs: BotState, chat: ChatState, limits: SendLimits, now: float
+) -> float | None:
+    """Seconds until a send to `chat` would be within Telegram's limits (None: it is)."""
+    group = chat.chat["id"] < 0
+    kept_for = max(limits.chat_interval, limits.group_window if group else 0.0)
+    _forget_before(chat.delivered_at, now - kept_for)
+    _forget_before(bs.delivered_at, now - limits.bot_window)
+    if chat.delivered_at and now - chat.delivered_at[-1] < limits.chat_interval:
+        return limits.chat_interval - (now - chat.delivered_at[-1])
+    if group and len(chat.delivered_at) >= limits.group_sends:
+        return limits.group_window - (now - chat.delivered_at[-limits.group_sends])
+    if len(bs.delivered_at) >= limits.bot_sends:
+        return limits.bot_window - (now - bs.delivered_at[-limits.bot_sends])
+    return None
+
+
+def _forget_before(times: deque[float], horizon: float) -> None:
+    while times and times[0] <= horizon:
+        times.popleft()
 
 
 def start_poll(bs: BotState, params: dict[str, Any], ctx: Context) -> Reply | int:

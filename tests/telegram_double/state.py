@@ -7,6 +7,7 @@ code that mutates them (server thread and test thread both go through it).
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -106,12 +107,32 @@ class WebhookSnapshot:
     pending_update_count: int
 
 
+@dataclass(frozen=True)
+class SendLimits:
+    """Telegram's sending limits, which the double enforces when a test sets
+    `TelegramDouble.send_limits`: a sendMessage over one is answered 429 with
+    `retry_after`, and is not delivered (so it does not count).
+
+    - a chat: one message per `chat_interval` seconds;
+    - a group (negative chat id): `group_sends` in any `group_window` seconds;
+    - a bot: `bot_sends` in any `bot_window` seconds, across its chats.
+    """
+
+    chat_interval: float = 1.0
+    group_sends: int = 20
+    group_window: float = 60.0
+    bot_sends: int = 30
+    bot_window: float = 1.0
+
+
 @dataclass
 class ChatState:
     chat: dict[str, Any]
     status: ChatStatus = "ok"
     migrate_to_chat_id: int | None = None
     last_message_id: int = 0
+    # When the chat's delivered messages arrived (clock.monotonic()), for SendLimits.
+    delivered_at: deque[float] = field(default_factory=deque)
 
 
 @dataclass(frozen=True)
@@ -147,6 +168,8 @@ class BotState:
     next_update_id: int = 100_000_001
     chats: dict[int | str, ChatState] = field(default_factory=dict)
     sent: list[SentMessageRecord] = field(default_factory=list)
+    # When the bot's delivered messages arrived (clock.monotonic()), for SendLimits.
+    delivered_at: deque[float] = field(default_factory=deque)
     poll_generation: int = 0
 
     def allows(self, kind: str) -> bool:

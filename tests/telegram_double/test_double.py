@@ -24,7 +24,7 @@ from starlette.routing import Route
 from tests.logging_state import LoggingState
 from tests.telegram_double.double import TelegramDouble
 from tests.telegram_double.fixtures import all_updates, load_update, telegram_double
-from tests.telegram_double.state import DoubleUsageError, FakeBot, ManualClock
+from tests.telegram_double.state import DoubleUsageError, FakeBot, ManualClock, SendLimits
 from tests.telegram_double.validation import load_spec
 from tests.waiting import eventually
 
@@ -678,6 +678,38 @@ async def test_send_message_returns_a_valid_message_with_per_chat_ids(
         (-100123, 1, "three"),
     ]
     assert [m.text for m in telegram_double.sent_messages(bot, chat_id=10)] == ["one", "two"]
+
+
+async def test_send_limits_when_set_refuse_what_telegram_would_and_deliver_nothing(
+    api: Api, telegram_double: TelegramDouble, bot: FakeBot
+) -> None:
+    clock = ManualClock()
+    telegram_double.clock = clock
+    # Off by default: a chat takes any number of messages at once.
+    await api.ok(tok(bot), "sendMessage", chat_id=10, text="free")
+    await api.ok(tok(bot), "sendMessage", chat_id=10, text="free")
+    telegram_double.send_limits = SendLimits(bot_sends=3, group_sends=2, group_window=10.0)
+    clock.advance(5.0)
+    await api.ok(tok(bot), "sendMessage", chat_id=10, text="a")
+    # A chat: one a second.
+    assert await api.fail(tok(bot), "sendMessage", chat_id=10, text="b") == (
+        429,
+        "Too Many Requests: retry after 1",
+    )
+    # A bot: three in any second, across chats.
+    await api.ok(tok(bot), "sendMessage", chat_id=11, text="c")
+    await api.ok(tok(bot), "sendMessage", chat_id=-100123, text="d")
+    code, _ = await api.fail(tok(bot), "sendMessage", chat_id=12, text="e")
+    assert code == 429
+    clock.advance(3.0)
+    # A group: two in any ten seconds.
+    await api.ok(tok(bot), "sendMessage", chat_id=-100123, text="f")
+    clock.advance(3.0)
+    code, description = await api.fail(tok(bot), "sendMessage", chat_id=-100123, text="g")
+    assert (code, description) == (429, "Too Many Requests: retry after 4")
+    refused = {"b", "e", "g"}
+    assert not refused & {m.text for m in telegram_double.sent_messages(bot)}
+    assert [c.status for c in telegram_double.calls_for("sendMessage")].count(429) == 3
 
 
 async def test_send_message_to_channel_username(api: Api, bot: FakeBot) -> None:
