@@ -53,7 +53,7 @@ from tests.fuzz.server import Server, serving
 from tests.telegram_double.double import TelegramDouble
 from tests.telegram_double.fixtures import shared_double
 
-# Examples per operation and generation mode; 26 operations x 2 modes x this stays
+# Requests per operation, valid and invalid ones mixed; 26 operations x this stays
 # well under a minute on this machine.
 MAX_EXAMPLES = int(os.environ.get("FUZZ_MAX_EXAMPLES", "12"))
 

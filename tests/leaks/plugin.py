@@ -48,7 +48,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         if reporter is not None:
             reporter.write_line(
                 f"secret-leak check: {len(registry.secrets)} secrets, none found in the "
-                "logs, the captured output, the database dumps or the temporary files"
+                "logs, the captured output, the database dumps or the temporary files "
+                f"({registry.scanned_files} files, {registry.scanned_bytes / 1e6:.1f} MB)"
             )
         shutil.rmtree(registry.evidence_dir, ignore_errors=True)
         return

@@ -39,7 +39,7 @@ def bot_token() -> str:
 
 
 def registry_with(scratch: Path, **secrets_by_kind: str) -> SecretRegistry:
-    registry = SecretRegistry()
+    registry = SecretRegistry(evidence_root=scratch)
     for kind, value in secrets_by_kind.items():
         registry.record(kind, value)
     registry.watch_directory(scratch)
@@ -83,7 +83,7 @@ def test_an_unredacted_api_token_is_found_even_if_no_fixture_minted_it(scratch: 
 
 def test_evidence_text_and_watched_files_are_scanned(scratch: Path) -> None:
     key = secrets.token_urlsafe(24)
-    registry = SecretRegistry()
+    registry = SecretRegistry(evidence_root=scratch)
     registry.record_webhook(f"https://example.com/hook?key={key}", None)
     outside = scratch / "elsewhere.log"
     outside.write_text(f"key={key}")
