@@ -144,6 +144,9 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
         first = errors[0] if errors else {}
+        if first.get("type") == "json_invalid":
+            # Its location is ("body", <character offset>): the offset is no field.
+            return error_response(422, "validation_error", "body: not valid JSON", "body")
         field = _field_of(tuple(first.get("loc", ())))
         message = str(first.get("msg", "The request is not valid."))
         if field:
@@ -152,6 +155,11 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeDecodeError):
+            # FastAPI answers a JSON body that is not UTF-8 with a bare 400, while
+            # every other unreadable body (bad JSON, wrong types) is a 422: keep one
+            # answer, the documented one, for all of them.
+            return error_response(422, "validation_error", "body: not valid UTF-8 JSON", "body")
         code = _HTTP_CODES.get(exc.status_code, "http_error")
         message = exc.detail if isinstance(exc.detail, str) else "The request failed."
         return error_response(exc.status_code, code, message, **(exc.headers or {}))

@@ -37,11 +37,17 @@ from app.logging import configure_logging
 from app.main import create_app
 from app.migrate import upgrade_to_head
 from app.models import metadata
+from tests.leaks import registry as leaks
+from tests.leaks.capture import install_log_capture
+from tests.leaks.dump import dump_database
 from tests.logging_state import LoggingState
 from tests.telegram_double.double import TelegramDouble
 from tests.telegram_double.fixtures import stop_shared_double, telegram_double
 
 __all__ = ["telegram_double"]
+
+# The session-wide secret-leak check (tests/leaks/plugin.py).
+pytest_plugins = ["tests.leaks.plugin"]
 
 TEST_DATABASE_URL = os.environ.get(
     "TEST_DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
@@ -62,6 +68,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 @pytest.fixture(scope="session", autouse=True)
 def _logging() -> None:
     configure_logging(json_output=False, level="DEBUG")
+    install_log_capture()
 
 
 @pytest.fixture(autouse=True)
@@ -89,11 +96,22 @@ async def database_url() -> AsyncIterator[str]:
     try:
         yield url
     finally:
+        await dump_for_leak_check(url)
         admin = await asyncpg.connect(_asyncpg_dsn(TEST_DATABASE_URL))
         try:
             await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         finally:
             await admin.close()
+
+
+async def dump_for_leak_check(url: str) -> None:
+    """Add every row of the database at `url` to the leak check's evidence."""
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as connection:
+            leaks.add_text("db-dump", await dump_database(connection))
+    finally:
+        await engine.dispose()
 
 
 @pytest.fixture(scope="session")
@@ -111,6 +129,8 @@ async def db_session_factory(
     yield create_session_factory(db_engine)
     tables = ", ".join(f'"{t.name}"' for t in reversed(metadata.sorted_tables))
     async with db_engine.begin() as connection:
+        # What the test stored is searched for secrets at the end of the session.
+        leaks.add_text("db-dump", await dump_database(connection))
         await connection.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
 
 
@@ -180,6 +200,7 @@ class WorkspaceFixture:
         from app.auth.models import ApiToken
 
         secret = generate_api_token()
+        leaks.record("api_token", secret)
         async for session in session_scope(self.session_factory):
             row = ApiToken(
                 workspace_id=self.id, name=name, role=role, token_hash=hash_api_token(secret)
@@ -195,6 +216,7 @@ async def new_workspace(
 ) -> WorkspaceFixture:
     async for session in session_scope(session_factory):
         workspace, token = await create_workspace(session, name)
+    leaks.record("api_token", token)
     return WorkspaceFixture(id=workspace.id, admin_token=token, session_factory=session_factory)
 
 

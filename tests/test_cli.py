@@ -21,12 +21,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.auth.models import ApiToken, Workspace
 from app.auth.tokens import hash_api_token
 from tests.conftest import WorkspaceFixture
+from tests.leaks import registry as leaks
 
 
 def run_cli(
     *args: str, env: dict[str, str], timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
+    result = subprocess.run(
         [sys.executable, "-m", "app", *args],
         env=env,
         capture_output=True,
@@ -34,6 +35,9 @@ def run_cli(
         timeout=timeout,
         check=False,
     )
+    # The command's log; stdout is its output (a new token, printed on purpose).
+    leaks.add_text("process-logs", result.stderr)
+    return result
 
 
 def cli_env(tmp_path: Path, **extra: str) -> dict[str, str]:

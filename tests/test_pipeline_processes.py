@@ -25,6 +25,7 @@ import pytest
 
 from tests.conftest import PUBLIC_BASE_URL, TEST_REDIS_URL, TEST_VAULT_KEYS
 from tests.connections.helpers import webhook_credentials
+from tests.leaks import registry as leaks
 from tests.telegram_double.double import TelegramDouble
 from tests.waiting import eventually
 
@@ -62,6 +63,7 @@ def run_cli(*args: str, env: dict[str, str], program: list[str] | None = None) -
         timeout=60,
         check=False,
     )
+    leaks.add_text("process-logs", result.stderr)
     assert result.returncode == 0, result.stderr
     return result.stdout
 
@@ -96,6 +98,7 @@ def running(args: list[str], env: dict[str, str], cwd: Path | None = None) -> It
             os.killpg(process.pid, signal.SIGKILL)
             _, stderr = process.communicate()
         finished.stderr = stderr
+        leaks.add_text("process-logs", stderr)
         # Whatever the test saw, a traceback in a process is a failure of its own.
         assert "Traceback" not in stderr, stderr
 

@@ -35,6 +35,7 @@ from typing import Any
 
 import httpx
 
+from tests.leaks import registry as leaks
 from tests.telegram_double import delivery, methods
 from tests.telegram_double.app import build_app
 from tests.telegram_double.methods import Context, InvalidCall, Reply
@@ -197,6 +198,7 @@ class TelegramDouble:
             )
             self._bots[bot_id] = BotState(bot)
             self._tokens[token] = bot_id
+            leaks.record("bot_token", token)
             return bot
 
     def rotate_token(self, bot: BotRef) -> str:
@@ -208,6 +210,7 @@ class TelegramDouble:
             token = _new_token(state.bot.bot_id)
             state.bot.token = token
             self._tokens[token] = state.bot.bot_id
+            leaks.record("bot_token", token)
             return token
 
     def revoke_token(self, token: str) -> None:
@@ -336,6 +339,7 @@ class TelegramDouble:
 
     def set_webhook_url(self, bot: BotRef, url: str, *, secret_token: str | None = None) -> None:
         """Another app took the webhook over: set it directly, skipping all checks."""
+        leaks.record_webhook(url, secret_token)
         with self._lock:
             state = self._state(bot)
             if not url:
@@ -476,6 +480,9 @@ class TelegramDouble:
                 method, token, dict(params), encoding, http_method, self.clock.monotonic()
             )
             self._calls.append(call)
+            if method.lower() == "setwebhook":
+                # What the service registers is secret: the leak check looks for it.
+                leaks.record_webhook(params.get("url"), params.get("secret_token"))
             outcome = self._admit(call, token, method, params)
             if isinstance(outcome, Reply):
                 call.status = outcome.status

@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from app.vault import Keyring, Vault, VaultKey
+from tests.conftest import dump_for_leak_check
 
 PG_ADMIN_DSN = os.environ.get(
     "VAULT_TEST_PG_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -53,7 +54,9 @@ async def pg_url() -> AsyncIterator[str]:
     finally:
         await admin.close()
     host_part = PG_ADMIN_DSN.removeprefix("postgresql://").rsplit("/", 1)[0]
-    yield f"postgresql+asyncpg://{host_part}/{name}"
+    url = f"postgresql+asyncpg://{host_part}/{name}"
+    yield url
+    await dump_for_leak_check(url)
     admin = await asyncpg.connect(PG_ADMIN_DSN)
     try:
         # FORCE: a test that failed half-way may have left a connection open.
