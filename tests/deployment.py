@@ -56,9 +56,7 @@ class Deployment:
 
     def worker(self, **extra: str) -> Finished:
         """Start one more worker (with extra settings, if given)."""
-        worker = self.stack.enter_context(
-            running([*PYTHON_APP, "worker"], {**self.env, **extra})
-        )
+        worker = self.stack.enter_context(running([*PYTHON_APP, "worker"], {**self.env, **extra}))
         self.workers.append(worker)
         return worker
 
