@@ -23,7 +23,7 @@ from tests.deployment import Deployment, deployment
 from tests.faults.services import INITDB, PG_CTL, PostgresCluster, RedisProcess
 from tests.faults.test_ingress_outages import deliver_until, numbered
 from tests.ingress.helpers import stored_update_ids
-from tests.replicas.test_replicas import all_sent, texts_at_double
+from tests.replicas.test_replicas import all_sent, statuses, texts_at_double
 from tests.telegram_double.double import TelegramDouble
 from tests.telegram_double.state import FakeBot
 from tests.test_pipeline_processes import run_cli
@@ -132,6 +132,9 @@ async def test_postgresql_restarted_under_serve_and_worker_loses_nothing(
         telegram_double,
         database_url=cluster.url,
         redis_url=TEST_REDIS_URL,
+        # Longer than the restart (records are retried while it holds), shorter than
+        # the default minute, which a send left unrecorded would wait out.
+        DISPATCH_LEASE_SECONDS="10",
     ) as service:
         await asyncio.to_thread(run_cli, "migrate", env=service.env)
         service.serve()
@@ -144,6 +147,8 @@ async def test_postgresql_restarted_under_serve_and_worker_loses_nothing(
             await eventually(
                 lambda: len(telegram_double.sent_messages(bot)) >= 10, "the backlog to start"
             )
+            # Whatever is not recorded as sent now may be in flight when the server goes.
+            unrecorded = {t for t, st in (await statuses(factory)).items() if st != "sent"}
             await asyncio.to_thread(cluster.stop)
             paused_at = len(telegram_double.sent_messages(bot))
             assert paused_at < MESSAGES
@@ -159,10 +164,15 @@ async def test_postgresql_restarted_under_serve_and_worker_loses_nothing(
                 lambda: all_sent(factory, MESSAGES), "the backlog to resume", limit=60, every=0.2
             )
     assert await stored_update_ids(factory) == list(range(500_000, 500_000 + next_n))
+    sent = texts_at_double(telegram_double, [bot])
+    assert set(sent) == {f"p{n}" for n in range(MESSAGES)}  # nothing lost
     # Sends in flight across the restart are recorded once it is back (their worker
-    # retries while its lease holds), so none goes twice.
-    assert texts_at_double(telegram_double, [bot]) == Counter(f"p{n}" for n in range(MESSAGES))
-    print(f"postgresql restart: paused at {paused_at}/{MESSAGES} sent, all sent once")
+    # retries while its lease holds); one that is not may go again (the delivery
+    # rule), and one recorded before the restart never does.
+    repeated = {t for t, times in sent.items() if times > 1}
+    assert repeated <= unrecorded
+    assert max(sent.values()) <= 2
+    print(f"postgresql restart: paused at {paused_at}/{MESSAGES} sent, {len(repeated)} twice")
 
 
 async def test_telegram_failing_or_hanging_is_retried_then_recorded_and_the_api_answers(
