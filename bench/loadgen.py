@@ -12,7 +12,10 @@ database check can be exact. Only the answers received before the deadline count
 towards throughput and latency.
 
     python bench/loadgen.py --url URL --templates FILE --base ID --secret S \
-        [--connections 40] [--duration 10]
+        [--connections 40] [--duration 10] [--acknowledged FILE]
+
+With `--acknowledged FILE` it also writes the update_id of every request answered
+2xx (drained ones included), one per line: what the server promised to have stored.
 
 prints one line `LOADGEN_RESULT {json}` with the same fields as the wrk script.
 """
@@ -65,21 +68,25 @@ class LoadGenerator:
         self.statuses: Counter[int] = Counter()
         self.drained: Counter[int] = Counter()
         self.errors: Counter[str] = Counter()
+        self.acknowledged: list[int] = []
         self.in_flight = 0
         self.idle = asyncio.Event()
         self.reconnects: set[asyncio.Task[None]] = set()
 
-    def next_request(self) -> bytes:
+    def next_request(self) -> tuple[int, bytes]:
         # One sequence over all connections, as wrk's single thread does: requests
         # in flight together carry different payloads (different chats), as they
         # would from Telegram; the storage cost depends on it.
         n = self.sent
         self.sent += 1
-        body = b'{"update_id":%d,%s' % (self.base + n, self.templates[n % len(self.templates)])
-        return b"%s%d\r\n\r\n%s" % (self.head, len(body), body)
+        update_id = self.base + n
+        body = b'{"update_id":%d,%s' % (update_id, self.templates[n % len(self.templates)])
+        return update_id, b"%s%d\r\n\r\n%s" % (self.head, len(body), body)
 
-    def answered(self, status: int, started: float) -> None:
+    def answered(self, status: int, started: float, update_id: int) -> None:
         now = time.perf_counter()
+        if 200 <= status < 300:
+            self.acknowledged.append(update_id)
         if now <= self.deadline:
             self.statuses[status] += 1
             self.latencies.append(now - started)
@@ -116,6 +123,7 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.buffer = bytearray()
         self.started = 0.0
+        self.update_id = 0
         self.waiting = False
         self.timer: asyncio.TimerHandle | None = None
 
@@ -135,7 +143,7 @@ class _Connection(asyncio.Protocol):
         gen = self.gen
         if not gen.running or self.transport is None:
             return
-        request = gen.next_request()
+        self.update_id, request = gen.next_request()
         gen.in_flight += 1
         self.waiting = True
         self.started = time.perf_counter()
@@ -150,7 +158,7 @@ class _Connection(asyncio.Protocol):
             self.timer = None
         gen.in_flight -= 1
         if status is not None:
-            gen.answered(status, self.started)
+            gen.answered(status, self.started, self.update_id)
         if not gen.running and gen.in_flight == 0:
             gen.idle.set()
 
@@ -229,6 +237,7 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=40)
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--timeout", type=float, default=10.0)
+    parser.add_argument("--acknowledged", type=Path)
     args = parser.parse_args()
 
     url = urlsplit(args.url)
@@ -245,6 +254,8 @@ def main() -> None:
         timeout=args.timeout,
     )
     elapsed = uvloop.run(gen.run(args.duration))
+    if args.acknowledged is not None:
+        args.acknowledged.write_text("".join(f"{n}\n" for n in gen.acknowledged))
     ordered = sorted(gen.latencies)
     result = {
         "duration_us": int(elapsed * 1e6),

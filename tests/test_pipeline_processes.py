@@ -9,16 +9,18 @@ its contact and its conversation through the API.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import httpx
 import pytest
@@ -70,37 +72,51 @@ def run_cli(*args: str, env: dict[str, str], program: list[str] | None = None) -
 
 @dataclass
 class Finished:
-    """What a process wrote to stderr, filled in once the block has stopped it."""
+    """The running process, and what it wrote to stderr once the block has stopped it."""
 
+    process: subprocess.Popen[bytes]
+    log: IO[bytes]
     stderr: str = ""
+
+    def stderr_so_far(self) -> str:
+        """What the process has written to stderr until now (while it runs)."""
+        return os.pread(self.log.fileno(), 1 << 24, 0).decode("utf-8", "replace")
 
 
 @contextmanager
 def running(args: list[str], env: dict[str, str], cwd: Path | None = None) -> Iterator[Finished]:
-    """A process for the duration of the block, stopped with SIGTERM (its group)."""
-    process = subprocess.Popen(
-        args,
-        env=env,
-        cwd=cwd,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    finished = Finished()
-    try:
-        yield finished
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
+    """A process for the duration of the block, stopped with SIGTERM (its group).
+
+    Its stderr goes to a file, not a pipe: a process that logs more than a pipe
+    holds while nobody reads it would block on its next line.
+    """
+    with tempfile.TemporaryFile() as log:
+        process = subprocess.Popen(
+            args,
+            env=env,
+            cwd=cwd,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            start_new_session=True,
+        )
+        finished = Finished(process, log)
         try:
-            _, stderr = process.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            _, stderr = process.communicate()
-        finished.stderr = stderr
-        leaks.add_text("process-logs", stderr)
-        # Whatever the test saw, a traceback in a process is a failure of its own.
-        assert "Traceback" not in stderr, stderr
+            yield finished
+        finally:
+            # A test may have killed it already (SIGKILL, to play a crash).
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+            log.seek(0)
+            stderr = log.read().decode("utf-8", "replace")
+            finished.stderr = stderr
+            leaks.add_text("process-logs", stderr)
+            # Whatever the test saw, a traceback in a process is a failure of its own.
+            assert "Traceback" not in stderr, stderr
 
 
 @dataclass

@@ -35,7 +35,8 @@ Contract:
   Telegram accepting a message and the record of it can send it again: the lease
   runs out and another worker sends it. A request that never reached Telegram
   (the connection could not be made) is retried without that risk. Recording is
-  retried for a few seconds when the database fails, and if recording a batch
+  retried while the batch's lease holds when the database fails (a database
+  restart shorter than the lease sends nothing twice), and if recording a batch
   fails for one bad row, each outcome is recorded on its own, so one row cannot
   send its whole batch again.
 """
@@ -90,8 +91,10 @@ MESSAGES = states.MESSAGES
 # credentials cannot be opened.
 SHORT_WAIT = 1.0
 UNREADABLE_CREDENTIALS_WAIT = 300.0
-# Waits before recording a batch's outcomes again when the database failed.
+# Waits before recording a batch's outcomes again when the database failed (the
+# last one repeats), while the batch's lease holds with this much to spare.
 RECORD_RETRY_DELAYS = (0.2, 1.0, 3.0)
+RECORD_LEASE_MARGIN = 1.0
 # How often the dispatcher logs what the pacer said (and what it claimed).
 STATS_INTERVAL = 10.0
 # The shortest wait before looking for due messages again.
@@ -170,6 +173,8 @@ class _Batch:
     claimed: int
     candidates: list[_Candidate]
     outcomes: _Outcomes
+    # When its lease runs out, on this process's monotonic clock.
+    lease_ends: float
 
 
 class Dispatcher:
@@ -300,6 +305,7 @@ class Dispatcher:
                 return None
             targets = await senders(connection, {row.connection_id for row in claimed})
         self.verdicts["claimed"] += len(claimed)
+        # Claimed at `now`; the monotonic clock is read after, so this is never late.
         here = time.monotonic()
         outcomes = _Outcomes()
         tokens: dict[uuid.UUID, BotToken | None] = {}
@@ -332,7 +338,7 @@ class Dispatcher:
                     row.holds_place,
                 )
             )
-        return _Batch(len(claimed), candidates, outcomes)
+        return _Batch(len(claimed), candidates, outcomes, here + self._settings.lease_seconds)
 
     async def _sent_today(self, connection_ids: set[uuid.UUID]) -> dict[uuid.UUID, int]:
         """Messages each connection has sent since midnight UTC (the pacer's day count
@@ -383,7 +389,7 @@ class Dispatcher:
             except RateLimiterUnavailable:
                 # The sends stay counted from their admission: a little less margin.
                 self._log.warning("outbound_pacing_confirm_failed")
-            await self._record_retrying(outcomes)
+            await self._record_retrying(outcomes, batch.lease_ends)
         except Exception as exc:
             # Unrecorded claims are sent again after their lease (the delivery rule).
             self._log.error("outbound_batch_failed", error_type=type(exc).__name__)
@@ -525,17 +531,22 @@ class Dispatcher:
 
     # -- recording -----------------------------------------------------------------------
 
-    async def _record_retrying(self, outcomes: _Outcomes) -> None:
-        for delay in RECORD_RETRY_DELAYS:
+    async def _record_retrying(self, outcomes: _Outcomes, lease_ends: float) -> None:
+        """Record, retrying while the lease holds: until it runs out no other worker
+        can take these messages, so what Telegram accepted is worth waiting for (or
+        it is sent again after the lease)."""
+        attempt = 0
+        while True:
             try:
                 await self._record(outcomes)
                 return
             except Exception as exc:
-                # The database may be away for a moment: what Telegram accepted is
-                # worth waiting for, or it is sent again after its lease.
+                delay = RECORD_RETRY_DELAYS[min(attempt, len(RECORD_RETRY_DELAYS) - 1)]
+                if time.monotonic() + delay > lease_ends - RECORD_LEASE_MARGIN:
+                    raise
                 self._log.warning("outbound_record_retry", error_type=type(exc).__name__)
                 await asyncio.sleep(delay)
-        await self._record(outcomes)
+                attempt += 1
 
     async def _record(self, outcomes: _Outcomes) -> None:
         now = self._clock()
@@ -550,13 +561,21 @@ class Dispatcher:
                 raise
             # One bad row must not send the whole batch again after its lease:
             # record each outcome on its own, and let only the bad one wait.
+            # When none can be recorded it is the database, not a row, that fails:
+            # raise, so the caller retries the batch while its lease holds.
             self._log.warning("outbound_batch_record_failed", error_type=type(exc).__name__)
-            for single in _one_by_one(outcomes):
+            failures: list[Exception] = []
+            singles = _one_by_one(outcomes)
+            for single in singles:
                 try:
                     async with self._engine.begin() as connection:
                         await self._record_in(connection, single, now)
                 except Exception as single_exc:
-                    self._log.error("outbound_record_failed", error_type=type(single_exc).__name__)
+                    failures.append(single_exc)
+            if len(failures) == len(singles):
+                raise failures[-1] from exc
+            for failure in failures:
+                self._log.error("outbound_record_failed", error_type=type(failure).__name__)
         for row, new_chat_id in outcomes.migrated:
             await self._migrate(row, new_chat_id, now)
 
