@@ -107,9 +107,20 @@ class Settings(BaseSettings):
     # claimed back in the queue). Below the orchestrator's kill timeout.
     shutdown_grace_seconds: int = Field(default=20, ge=0, le=600)
 
-    @field_validator("ingress_trusted_proxies", mode="before")
+    # The MCP server at /mcp (agent access). Off unless asked for: it lets any
+    # sender token send through the approval queue from an agent.
+    mcp_enabled: bool = False
+    # Host and Origin headers /mcp accepts (DNS-rebinding protection). Empty: the
+    # local names (127.0.0.1, localhost, [::1], any port) and PUBLIC_BASE_URL's
+    # host and origin (see app.agents.security). `name:*` allows any port.
+    mcp_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    mcp_allowed_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    @field_validator(
+        "ingress_trusted_proxies", "mcp_allowed_hosts", "mcp_allowed_origins", mode="before"
+    )
     @classmethod
-    def _split_proxies(cls, value: object) -> object:
+    def _split_lists(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value

@@ -13,6 +13,9 @@ from fastapi import FastAPI
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from app.agents.endpoint import McpEndpoint
+from app.agents.server import MCP_PATH, open_agent_access
+from app.agents.tools import AgentTools
 from app.auth.router import router as tokens_router
 from app.broadcasts.router import router as broadcasts_router
 from app.config import Settings, get_settings
@@ -104,6 +107,25 @@ async def _worker_alongside(settings: Settings, keyring: Keyring) -> AsyncIterat
             await task
 
 
+@asynccontextmanager
+async def _agent_access(
+    app: FastAPI, settings: Settings, runtime: ApiRuntime
+) -> AsyncIterator[None]:
+    """The MCP server's session manager for as long as the app runs (MCP_ENABLED):
+    the SDK's transport refuses requests until it is running."""
+    tools = AgentTools(
+        session_factory=runtime.session_factory,
+        approval_ttl=settings.approval_ttl,
+        connections=runtime.connections,
+    )
+    async with open_agent_access(settings, tools) as access:
+        app.state.agent_access = access
+        try:
+            yield
+        finally:
+            del app.state.agent_access
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -136,9 +158,12 @@ def create_app(
             gc.freeze()
             try:
                 async with (
+                    _agent_access(app, settings, runtime)
+                    if settings.mcp_enabled
+                    else nullcontext(),
                     _worker_alongside(settings, runtime.vault.keyring)
                     if with_worker
-                    else nullcontext()
+                    else nullcontext(),
                 ):
                     yield
             finally:
@@ -168,4 +193,7 @@ def create_app(
     app.include_router(messages_router)
     app.include_router(broadcasts_router)
     app.router.routes.append(Route(WEBHOOK_PATH, endpoint=_WebhookEndpoint(), methods=["POST"]))
+    if settings.mcp_enabled:
+        # Agent access (app.agents); without the setting /mcp is an ordinary 404.
+        app.router.routes.append(Route(MCP_PATH, endpoint=McpEndpoint()))
     return app

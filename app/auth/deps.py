@@ -20,7 +20,7 @@ from app.errors import Forbidden, Unauthenticated
 
 # Declares the bearer scheme in the API document (the Authorize button of /docs)
 # on every operation that authenticates. It never refuses a request itself
-# (auto_error=False): `_bearer` reads the header, so failures keep the service's
+# (auto_error=False): `bearer_token` reads the header, so failures keep the service's
 # 401 body and messages.
 bearer_scheme = HTTPBearer(
     auto_error=False,
@@ -32,7 +32,9 @@ bearer_scheme = HTTPBearer(
 BearerDeclared = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)]
 
 
-def _bearer(request: Request) -> str | None:
+def bearer_token(request: Request) -> str | None:
+    """The token of an `Authorization: Bearer` header; None without the header,
+    401 for another scheme or an empty token."""
     header = request.headers.get("authorization")
     if not header:
         return None
@@ -43,7 +45,7 @@ def _bearer(request: Request) -> str | None:
 
 
 async def get_auth(request: Request, session: DbSession, _: BearerDeclared) -> AuthContext:
-    auth = await authenticate(session, _bearer(request))
+    auth = await authenticate(session, bearer_token(request))
     # End the transaction now: authenticate may have written last_used_at, and its
     # row lock must not be held for the rest of a request that may wait on Telegram.
     await checkpoint(session)
