@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from app.auth.router import me_router
 from app.auth.router import router as tokens_router
 from app.config import Settings, get_settings
 from app.connections.registration import WEBHOOK_PATH
@@ -28,6 +29,7 @@ from app.middleware import RequestContextMiddleware
 from app.openapi import DESCRIPTION, TAGS
 from app.runtime import ApiRuntime, open_api_runtime
 from app.vault import Keyring
+from app.web import UI_PREFIX, ui_app
 
 logger = structlog.get_logger("app.main")
 
@@ -161,9 +163,12 @@ def create_app(
     app.add_middleware(RequestContextMiddleware)
     app.include_router(health_router)
     app.include_router(tokens_router)
+    app.include_router(me_router)
     app.include_router(connections_router)
     app.include_router(updates_router)
     app.include_router(inbox_router)
     app.include_router(messages_router)
     app.router.routes.append(Route(WEBHOOK_PATH, endpoint=_WebhookEndpoint(), methods=["POST"]))
+    # The settings and approvals pages; static files, outside the API document.
+    app.mount(UI_PREFIX, ui_app())
     return app
