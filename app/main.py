@@ -29,7 +29,7 @@ from app.middleware import RequestContextMiddleware
 from app.openapi import DESCRIPTION, TAGS
 from app.runtime import ApiRuntime, open_api_runtime
 from app.vault import Keyring
-from app.web import UI_PREFIX, ui_app
+from app.web import UI_PREFIX, to_page, ui_app
 
 logger = structlog.get_logger("app.main")
 
@@ -170,5 +170,6 @@ def create_app(
     app.include_router(messages_router)
     app.router.routes.append(Route(WEBHOOK_PATH, endpoint=_WebhookEndpoint(), methods=["POST"]))
     # The settings and approvals pages; static files, outside the API document.
+    app.router.routes.append(Route(UI_PREFIX, endpoint=to_page, methods=["GET"]))
     app.mount(UI_PREFIX, ui_app())
     return app

@@ -7,6 +7,6 @@ storage), so there is no second source of truth and the server enforces every
 role. See `app.web.router` for the security headers every UI response carries.
 """
 
-from app.web.router import UI_PREFIX, ui_app
+from app.web.router import UI_PREFIX, to_page, ui_app
 
-__all__ = ["UI_PREFIX", "ui_app"]
+__all__ = ["UI_PREFIX", "to_page", "ui_app"]

@@ -86,9 +86,10 @@ async def _asset(request: Request) -> Response:
     return Response(body, media_type=media_type)
 
 
-async def _to_page(_request: Request) -> Response:
-    # `/ui` without the slash: the page's relative asset links need the slash.
-    return Response(status_code=307, headers={"Location": f"{UI_PREFIX}/"})
+async def to_page(_request: Request) -> Response:
+    """`/ui` without the slash (a route of the main app: a mount only sees `/ui/...`):
+    the page's relative asset links need the slash."""
+    return Response(status_code=307, headers={**SECURITY_HEADERS, "Location": f"{UI_PREFIX}/"})
 
 
 async def _not_found(scope: Scope, receive: Receive, send: Send) -> None:
@@ -116,7 +117,6 @@ def ui_app() -> ASGIApp:
     """The UI, to be mounted at `UI_PREFIX`."""
     router = Router(
         routes=[
-            Route("", _to_page, methods=["GET"]),
             Route("/", _page, methods=["GET"]),
             Route("/static/{name}", _asset, methods=["GET"]),
         ],
