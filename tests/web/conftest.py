@@ -48,10 +48,14 @@ PHONE = {"width": 375, "height": 740}
 STEP_TIMEOUT_MS = 15_000
 
 
-@pytest.fixture(scope="session")
-async def browser() -> AsyncIterator[Browser]:
+def _require_chromium() -> None:
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is missing: `apt-get install chromium` (.ci/run does it)")
+
+
+@pytest.fixture(scope="session")
+async def browser() -> AsyncIterator[Browser]:
+    _require_chromium()
     async with async_playwright() as playwright:
         launched = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield launched
@@ -101,7 +105,9 @@ class UiService:
         token_id, secret = await self.workspace.token(role, name)
         return str(token_id), secret
 
-    async def connect(self, *, approval: str = "required", **bot_options: Any) -> tuple[FakeBot, dict[str, Any]]:
+    async def connect(
+        self, *, approval: str = "required", **bot_options: Any
+    ) -> tuple[FakeBot, dict[str, Any]]:
         bot, body = await connect_bot(self.api, self.workspace, self.double, **bot_options)
         if approval != body["approval_mode"]:
             patched = await self.api.patch(

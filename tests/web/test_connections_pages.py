@@ -49,7 +49,9 @@ async def test_a_token_telegram_rejects_shows_the_reason_and_the_hint(ui: UiServ
     await page.get_by_role("button", name="Connect bot").click()
     alert = page.get_by_role("alert")
     await expect(alert).to_contain_text("Telegram does not accept this bot token")
-    await expect(alert).to_contain_text("Telegram rejected this token. Copy it again from @BotFather")
+    await expect(alert).to_contain_text(
+        "Telegram rejected this token. Copy it again from @BotFather"
+    )
     assert await page.get_by_label("Bot token").input_value() == ""
     assert "AAFq3ZxUnknown" not in await page.content()
     await ui.shoot(page, "add-connection-error")
@@ -82,7 +84,9 @@ async def test_add_connection_works_with_the_keyboard_alone(ui: UiService) -> No
                 return
         raise AssertionError(f"Tab never reached {description}")
 
-    await tab_to("the Add connection link", "document.activeElement.textContent === 'Add connection'")
+    await tab_to(
+        "the Add connection link", "document.activeElement.textContent === 'Add connection'"
+    )
     await page.keyboard.press("Enter")
     await page.get_by_role("heading", level=1, name="Add connection: Telegram").wait_for()
     await tab_to("the bot token field", "document.activeElement.id === 'bot-token'")
@@ -98,7 +102,9 @@ async def test_add_connection_works_with_the_keyboard_alone(ui: UiService) -> No
     await expect(result).to_contain_text("Keyboard Bot (@keyboard_bot)")
     # Focus moved to the outcome, and on from there to the new connection.
     assert await page.evaluate("document.activeElement.textContent") == "Connected"
-    await tab_to("the link to the connection", "document.activeElement.textContent === 'Open Front desk'")
+    await tab_to(
+        "the link to the connection", "document.activeElement.textContent === 'Open Front desk'"
+    )
     await page.keyboard.press("Enter")
     await page.get_by_role("heading", level=1, name="Front desk").wait_for()
 
@@ -106,7 +112,7 @@ async def test_add_connection_works_with_the_keyboard_alone(ui: UiService) -> No
 async def test_the_list_shows_a_webhook_takeover_as_action_required_with_its_hint(
     ui: UiService,
 ) -> None:
-    healthy_bot, healthy = await ui.connect(first_name="Healthy Bot", username="healthy_bot")
+    _, healthy = await ui.connect(first_name="Healthy Bot", username="healthy_bot")
     taken_bot, taken = await ui.connect(first_name="Taken Bot", username="taken_bot")
     ui.double.set_webhook_url(taken_bot, TAKEN_OVER)
     page = await ui.signed_in()
@@ -135,7 +141,9 @@ async def test_a_connection_page_shows_health_and_resync_fixes_a_takeover(ui: Ui
     await expect(health).to_contain_text("Pending updates0")
 
     await page.get_by_role("button", name="Resync webhook").click()
-    await expect(page.get_by_role("status").filter(has_text="Webhook registered again")).to_be_visible()
+    await expect(
+        page.get_by_role("status").filter(has_text="Webhook registered again")
+    ).to_be_visible()
     assert ui.double.webhook(bot).url.startswith("https://integrations.example.com/")
     await page.get_by_role("button", name="Check health again").click()
     await expect(health).to_contain_text("Healthy")
@@ -153,7 +161,9 @@ async def test_settings_rotation_and_token_replacement_from_the_connection_page(
     await page.get_by_role("button", name="Save settings").click()
     await expect(page.get_by_role("status").filter(has_text="Settings saved")).to_be_visible()
     await expect(page.locator("section").first).to_contain_text("250 messages")
-    saved = await ui.api.get(f"/api/v1/connections/{connection['id']}", headers=ui.workspace.headers())
+    saved = await ui.api.get(
+        f"/api/v1/connections/{connection['id']}", headers=ui.workspace.headers()
+    )
     assert (saved.json()["approval_mode"], saved.json()["daily_limit"]) == ("none", 250)
 
     await page.get_by_role("button", name="Rotate webhook secret").click()
@@ -187,10 +197,14 @@ async def test_disconnect_asks_first_then_shows_the_remote_cleanup(ui: UiService
     await page.get_by_role("button", name="Disconnect Leaving Bot").click()
     await page.get_by_role("button", name="Yes, disconnect").click()
 
-    await page.get_by_role("heading", level=1, name=re.compile("^Leaving Bot .* is disconnected$")).wait_for()
+    await page.get_by_role(
+        "heading", level=1, name=re.compile("^Leaving Bot .* is disconnected$")
+    ).wait_for()
     await expect(page.locator(".remote-cleanup")).to_have_text("Remote cleanup: ok")
     assert ui.double.webhook(bot).url == ""
-    gone = await ui.api.get(f"/api/v1/connections/{connection['id']}", headers=ui.workspace.headers())
+    gone = await ui.api.get(
+        f"/api/v1/connections/{connection['id']}", headers=ui.workspace.headers()
+    )
     assert gone.status_code == 404
 
 

@@ -49,7 +49,9 @@ async def test_ui_assets_are_served_by_the_service_itself(ui: UiService) -> None
 async def test_the_browser_enforces_the_policy_on_inline_script(ui: UiService) -> None:
     page = await ui.new_page()
     violations: list[str] = []
-    page.on("console", lambda m: violations.append(m.text) if "Content Security" in m.text else None)
+    page.on(
+        "console", lambda m: violations.append(m.text) if "Content Security" in m.text else None
+    )
     await page.goto(ui.ui_url)
     await page.get_by_role("heading", name="Sign in").wait_for()
     ran = await page.evaluate(
