@@ -822,9 +822,13 @@
         if (!pendingIds.has(id) && !card.decided) {
           const message = await api("GET", `/api/v1/messages/${id}`);
           if (!current(view)) return;
-          card.decide(message, "Decided elsewhere: this message is now");
+          card.decide(message, "Decided elsewhere: this message is");
         }
       }
+      updateCount();
+    }
+
+    function updateCount() {
       const waiting = [...cards.values()].filter((c) => !c.decided).length;
       empty.textContent = waiting === 0 ? "Nothing is waiting for approval." : `${waiting} waiting.`;
     }
@@ -838,7 +842,7 @@
       const node = el("li", { class: "card approval", "data-message-id": message.id },
         el("h2", { text: `To ${chat}` }),
         facts([
-          ["Connection", connection ? `${connection.name} (${botLabel(connection)})` : "a disconnected connection"],
+          ["Connection", connection ? connection.name : "a disconnected connection"],
           ["Asked by", tokenLabel(names.tokens, message.requested_by)],
           ["Asked at", timeEl(message.created_at)],
           ["Expires", message.expires_at ? timeEl(message.expires_at) : null],
@@ -859,6 +863,7 @@
         const words = [prefix, ` ${messageStatus(decided.status)}`];
         if (decided.review_reason) words.push(`. Reason: ${decided.review_reason}`);
         clear(outcome).append(notice(decided.status === "rejected" ? "warn" : "good", el("p", {}, ...words, ".")));
+        updateCount();
       }
 
       if (!canReview()) return card;
