@@ -123,6 +123,8 @@ async def test_the_list_shows_a_webhook_takeover_as_action_required_with_its_hin
     await expect(healthy_card).to_contain_text("webhook")
     await expect(taken_card.locator(".health")).to_contain_text("Action required")
     await expect(taken_card.locator(".health")).to_contain_text("Resync")
+    # The status follows the live verdict.
+    await expect(taken_card.locator(".status")).to_have_text("Action required")
     await ui.shoot(page, "connections")
 
     health = await ui.api.get(

@@ -234,9 +234,9 @@
     if (error instanceof SignedOut) throw error;
     const hint = HINTS[error.code];
     const children = [
-      el("p", {}, el("strong", { text: title || "That did not work." }), " ", error.message),
+      el("p", {}, el("strong", { text: title || "That did not work." }), " Reason: ", error.message),
     ];
-    if (hint) children.push(el("p", { class: "hint", text: hint }));
+    if (hint) children.push(el("p", { class: "hint" }, el("strong", { text: "What to do:" }), " ", hint));
     if (error.code === "bot_already_connected_here" && error.detail.connection_id) {
       children.push(el("p", {}, el("a", { href: `#/connections/${error.detail.connection_id}`, text: "Open the existing connection" })));
     }
@@ -485,24 +485,26 @@
     const list = el("ul", { class: "cards", "aria-label": "Connections" });
     for (const connection of connections) {
       const health = el("dd", { class: "health" }, el("span", { class: "muted", text: "Checking…" }));
+      const status = el("dd", { class: "status" }, statusBadge(connection.status),
+        connection.status_hint ? el("span", { class: "status-hint" }, " ", connection.status_hint) : null);
       const item = el("li", { class: "card connection", "data-connection-id": connection.id },
         el("h2", {}, el("a", { href: `#/connections/${connection.id}`, text: connection.name })),
         el("dl", { class: "facts" },
-          el("dt", { text: "Status" }),
-          el("dd", {}, statusBadge(connection.status),
-            connection.status_hint ? el("span", { class: "status-hint" }, " ", connection.status_hint) : null),
+          el("dt", { text: "Status" }), status,
           el("dt", { text: "Mode" }), el("dd", { text: connection.mode }),
           el("dt", { text: "Bot" }), el("dd", { text: botLabel(connection) }),
           el("dt", { text: "Health" }), health,
         ),
       );
       list.append(item);
-      checkHealth(connection.id, health, view);
+      checkHealth(connection.id, health, status, view);
     }
     main.append(list);
   }
 
-  async function checkHealth(connectionId, target, view) {
+  // The live check also moves the connection's status (the service records the
+  // verdict), so the status shown is redrawn from it.
+  async function checkHealth(connectionId, target, status, view) {
     let health;
     try {
       health = await api("GET", `/api/v1/connections/${connectionId}/health`);
@@ -514,6 +516,7 @@
     if (!current(view)) return;
     clear(target).append(statusBadge(health.verdict));
     if (health.hint) target.append(el("span", { class: "health-hint" }, " ", health.hint));
+    clear(status).append(statusBadge(health.verdict === "healthy" ? "active" : health.verdict));
   }
 
   function viewAddConnection() {
@@ -991,7 +994,7 @@
     }
     const connection = connections.get(conversation.connection_id);
     detail.append(el("h2", { id: "thread-title", text: conversationLabel(conversation) }),
-      el("p", { class: "muted", text: connection ? `Through ${connection.name} (${botLabel(connection)})` : "Its connection was disconnected." }));
+      el("p", { class: "muted", text: connection ? `Through ${connection.name}` : "Its connection was disconnected." }));
     const thread = el("ol", { class: "thread", "aria-label": "Messages" });
     detail.append(thread);
 
