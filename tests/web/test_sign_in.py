@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import re
 
-import httpx
 import pytest
 
 from app.auth.models import Role
+from tests.conftest import BackendApp
 from tests.web.conftest import UiService
 
 UI_PATHS = ["/ui/", "/ui/static/app.js", "/ui/static/app.css", "/ui/static/missing.js", "/ui"]
@@ -130,4 +130,13 @@ async def test_me_names_the_calling_token_and_its_role(ui: UiService) -> None:
     refused = await ui.api.get("/api/v1/me")
     assert refused.status_code == 401
     assert refused.json()["error"]["code"] == "unauthenticated"
-    assert isinstance(ui.api, httpx.AsyncClient)
+
+
+async def test_the_ui_and_me_are_served_on_both_backends(backend_app: BackendApp) -> None:
+    """The embedded default (`make run`: SQLite, no Redis) serves the pages too."""
+    page = await backend_app.client.get("/ui/")
+    assert page.status_code == 200
+    assert page.headers["x-frame-options"] == "DENY"
+    me = await backend_app.client.get("/api/v1/me", headers=backend_app.workspace.headers())
+    assert me.status_code == 200
+    assert (me.json()["name"], me.json()["role"]) == ("initial admin", "admin")
