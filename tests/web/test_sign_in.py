@@ -140,3 +140,19 @@ async def test_the_ui_and_me_are_served_on_both_backends(backend_app: BackendApp
     me = await backend_app.client.get("/api/v1/me", headers=backend_app.workspace.headers())
     assert me.status_code == 200
     assert (me.json()["name"], me.json()["role"]) == ("initial admin", "admin")
+
+
+async def test_the_skip_link_moves_focus_to_the_content_and_keeps_the_view(
+    ui: UiService,
+) -> None:
+    page = await ui.signed_in(hash_="#/inbox")
+    # A fresh load of the view: focus starts at the top of the document.
+    await page.reload()
+    await page.get_by_role("heading", level=1, name="Inbox").wait_for()
+    await page.keyboard.press("Tab")
+    assert await page.evaluate("document.activeElement.textContent") == "Skip to content"
+    await page.keyboard.press("Enter")
+    assert await page.evaluate("document.activeElement.id") == "main"
+    assert page.url.endswith("#/inbox")
+    await page.reload()
+    await page.get_by_role("heading", level=1, name="Inbox").wait_for()

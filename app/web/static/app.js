@@ -320,12 +320,17 @@
     state.timers = [];
   }
 
+  // Runs `work` every `ms` while this view is on screen, one run at a time.
   function every(ms, work) {
     const view = state.view;
+    let busy = false;
     const timer = setInterval(() => {
-      if (view !== state.view) return;
+      if (view !== state.view || busy) return;
+      busy = true;
       work().catch((error) => {
         if (!(error instanceof SignedOut)) console.warn("refresh failed", error.code || error);
+      }).finally(() => {
+        busy = false;
       });
     }, ms);
     state.timers.push(timer);
@@ -359,9 +364,12 @@
   }
 
   async function route() {
-    const hash = location.hash || "#/connections";
-    // In-page anchors (the skip link) are not views.
-    if (!hash.startsWith("#/")) return;
+    let hash = location.hash || "#/connections";
+    if (!hash.startsWith("#/")) {
+      // Not a view's address: keep the view on screen, or start at the list.
+      if (state.view > 0) return;
+      hash = "#/connections";
+    }
     if (!token()) {
       viewSignIn(null);
       return;
@@ -408,6 +416,12 @@
     state.me = null;
     viewSignIn(reason);
   }
+
+  // The skip link moves focus without changing the address (which names the view).
+  document.querySelector(".skip-link").addEventListener("click", (event) => {
+    event.preventDefault();
+    main.focus();
+  });
 
   document.getElementById("sign-out").addEventListener("click", () => {
     signOut(null);
