@@ -246,3 +246,30 @@ async def test_a_sender_sees_no_admin_actions(ui: UiService) -> None:
         f"/api/v1/connections/{connection['id']}/resync", headers=ui.workspace.headers(sender)
     )
     assert refused.status_code == 403
+
+
+async def test_telegram_refusing_the_webhook_shows_telegrams_own_reason(ui: UiService) -> None:
+    bot = ui.double.add_bot(first_name="Refused Bot")
+    assert bot.token is not None
+    ui.double.fail_next(
+        "setWebhook", status=400, description="Bad Request: bad webhook: Failed to resolve host"
+    )
+    page = await open_add_connection(ui)
+    await page.get_by_label("Bot token").fill(bot.token)
+    await page.get_by_role("button", name="Connect bot").click()
+    alert = page.get_by_role("alert")
+    await expect(alert).to_contain_text("bad webhook: Failed to resolve host")
+    await expect(alert).to_contain_text("What to do:")
+    assert await page.get_by_label("Bot token").input_value() == ""
+
+
+async def test_delivery_errors_show_as_degraded_with_telegrams_last_error(ui: UiService) -> None:
+    bot, connection = await ui.connect(first_name="Flaky Bot")
+    ui.double.set_webhook_error(bot, "Wrong response from the webhook: 502 Bad Gateway")
+    page = await ui.signed_in(hash_=f"#/connections/{connection['id']}")
+    health = page.locator("#health-result")
+    await expect(health).to_contain_text("Degraded")
+    await expect(health).to_contain_text("Wrong response from the webhook: 502 Bad Gateway")
+    await expect(health.locator("time")).to_have_count(1)
+    # The overview's status follows the verdict.
+    await expect(page.locator("section").first).to_contain_text("Degraded")
