@@ -21,9 +21,13 @@ CUSTOMER_CHAT = 218485655
 _update_ids = itertools.count(900_000_001)
 
 
-async def receive(ui: UiService, bot: FakeBot, text: str) -> None:
-    """`text` arrives from the customer through the bot's webhook, as Telegram sends it."""
+async def receive(
+    ui: UiService, bot: FakeBot, text: str, *, chat_id: int = CUSTOMER_CHAT, name: str = "Waffle"
+) -> None:
+    """`text` arrives from a customer through the bot's webhook, as Telegram sends it."""
     update: dict[str, Any] = copy.deepcopy(load_update("01_message"))
+    for who in (update["message"]["from"], update["message"]["chat"]):
+        who.update(id=chat_id, first_name=name, username=f"{name.lower()}_{chat_id}")
     update["update_id"] = next(_update_ids)
     update["message"]["message_id"] = update["update_id"] % 100_000
     update["message"]["text"] = text
@@ -230,3 +234,26 @@ async def test_a_reviewer_reads_the_inbox_without_a_send_form(ui: UiService) -> 
     await expect(page.locator(".message-text")).to_have_text(["hello there"])
     await expect(page.get_by_role("textbox")).to_have_count(0)
     await expect(page.get_by_text("sending needs a sender or admin API token")).to_be_visible()
+
+
+async def test_the_inbox_shows_a_new_conversation_without_a_reload(ui: UiService) -> None:
+    bot, _ = await ui.connect()
+    await receive(ui, bot, "first customer")
+    page = await ui.new_page()
+    await page.clock.install(time=datetime.now(UTC))
+    await page.goto(ui.ui_url)
+    await page.clock.pause_at(datetime.now(UTC) + timedelta(seconds=1))
+    await page.get_by_label("API token").fill(ui.workspace.admin_token)
+    await page.get_by_role("button", name="Sign in").click()
+    await page.get_by_role("link", name="Inbox").click()
+    conversations = page.get_by_role("list", name="Conversations").get_by_role("link")
+    await expect(conversations).to_have_count(1)
+    await conversations.first.focus()
+
+    await receive(ui, bot, "second customer", chat_id=777001, name="Marta")
+    await page.clock.run_for(5000)
+    await expect(conversations).to_have_count(2)
+    await expect(conversations.first).to_contain_text("Marta")
+    # The redraw kept the keyboard user's place on the link they were on.
+    focused = await page.evaluate("document.activeElement.textContent")
+    assert focused.startswith("Waffle")

@@ -984,22 +984,36 @@
       el("h2", { id: "conversations-title", text: "Conversations" }));
     const detail = el("section", { "aria-labelledby": "thread-title" });
     main.append(el("div", { class: "inbox" }, side, detail));
-    if (conversations.length === 0) {
-      side.append(el("p", { text: "No conversations yet. They appear when someone writes to a connected bot." }));
+    const none = el("p", { text: "No conversations yet. They appear when someone writes to a connected bot." });
+    const list = el("ul", { class: "conversation-list", "aria-label": "Conversations" });
+    side.append(none, list);
+
+    function drawConversations(rows) {
+      none.hidden = rows.length > 0;
+      // Redrawn on every refresh: keep the keyboard user's place.
+      const focused = list.contains(document.activeElement) ? document.activeElement.getAttribute("href") : null;
+      clear(list);
+      for (const conversation of rows) {
+        const connection = connections.get(conversation.connection_id);
+        list.append(el("li", {}, el("a", {
+          href: `#/inbox/${conversation.id}`,
+          "aria-current": conversation.id === conversationId ? "page" : null,
+        },
+        el("strong", { text: conversationLabel(conversation) }),
+        el("br"),
+        el("span", { class: "meta muted", text: `${conversation.chat_type} · ${connection ? connection.name : "disconnected"} · ` }),
+        el("span", { class: "meta muted" }, timeEl(conversation.last_activity_at)))));
+      }
+      if (focused) {
+        const again = [...list.querySelectorAll("a")].find((a) => a.getAttribute("href") === focused);
+        if (again) again.focus();
+      }
     }
-    const list = el("ul", { class: "conversation-list" });
-    for (const conversation of conversations) {
-      const connection = connections.get(conversation.connection_id);
-      list.append(el("li", {}, el("a", {
-        href: `#/inbox/${conversation.id}`,
-        "aria-current": conversation.id === conversationId ? "page" : null,
-      },
-      el("strong", { text: conversationLabel(conversation) }),
-      el("br"),
-      el("span", { class: "meta muted", text: `${conversation.chat_type} · ${connection ? connection.name : "disconnected"} · ` }),
-      el("span", { class: "meta muted" }, timeEl(conversation.last_activity_at)))));
-    }
-    side.append(list);
+    drawConversations(conversations);
+    every(POLL_MS, async () => {
+      const rows = await listAll("/api/v1/conversations");
+      if (current(view)) drawConversations(rows);
+    });
 
     const conversation = conversationId ? conversations.find((c) => c.id === conversationId) : null;
     if (!conversation) {
