@@ -16,6 +16,7 @@ from starlette.types import Receive, Scope, Send
 from app.agents.endpoint import McpEndpoint
 from app.agents.server import MCP_PATH, open_agent_access
 from app.agents.tools import AgentTools
+from app.auth.router import me_router
 from app.auth.router import router as tokens_router
 from app.broadcasts.router import router as broadcasts_router
 from app.config import Settings, get_settings
@@ -32,6 +33,7 @@ from app.middleware import RequestContextMiddleware
 from app.openapi import DESCRIPTION, TAGS
 from app.runtime import ApiRuntime, open_api_runtime
 from app.vault import Keyring
+from app.web import UI_PREFIX, to_page, ui_app
 
 logger = structlog.get_logger("app.main")
 
@@ -187,6 +189,7 @@ def create_app(
     app.add_middleware(RequestContextMiddleware)
     app.include_router(health_router)
     app.include_router(tokens_router)
+    app.include_router(me_router)
     app.include_router(connections_router)
     app.include_router(updates_router)
     app.include_router(inbox_router)
@@ -196,4 +199,7 @@ def create_app(
     if settings.mcp_enabled:
         # Agent access (app.agents); without the setting /mcp is an ordinary 404.
         app.router.routes.append(Route(MCP_PATH, endpoint=McpEndpoint()))
+    # The settings and approvals pages; static files, outside the API document.
+    app.router.routes.append(Route(UI_PREFIX, endpoint=to_page, methods=["GET"]))
+    app.mount(UI_PREFIX, ui_app())
     return app

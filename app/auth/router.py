@@ -1,4 +1,5 @@
-"""API tokens: `POST/GET /api/v1/tokens`, `DELETE /api/v1/tokens/{id}` (admin)."""
+"""API tokens: `POST/GET /api/v1/tokens`, `DELETE /api/v1/tokens/{id}` (admin), and
+`GET /api/v1/me` (any role: which token is calling)."""
 
 from __future__ import annotations
 
@@ -7,15 +8,23 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends
 
-from app.auth.deps import Admin
+from app.auth.deps import Admin, AnyRole
 from app.auth.models import ApiToken
-from app.auth.schemas import TOKEN_CREATE_EXAMPLES, TokenCreate, TokenCreated, TokenOut
+from app.auth.schemas import (
+    TOKEN_CREATE_EXAMPLES,
+    MeOut,
+    TokenCreate,
+    TokenCreated,
+    TokenOut,
+    WorkspaceRef,
+)
 from app.auth.service import LastAdminToken, TokenService
 from app.deps import DbSession
 from app.errors import Forbidden, NotFound, Unauthenticated, ValidationFailed, responses
 from app.pagination import Page, PageParams, page_of
 
 router = APIRouter(prefix="/api/v1/tokens", tags=["tokens"])
+me_router = APIRouter(prefix="/api/v1", tags=["tokens"])
 
 
 def _out(token: ApiToken) -> TokenOut:
@@ -77,3 +86,17 @@ async def revoke_token(token_id: uuid.UUID, auth: Admin, session: DbSession) -> 
     workspace's last live admin token cannot be revoked (409 `last_admin_token`):
     nothing could then create another. A token of another workspace is 404."""
     return _out(await TokenService(session, auth).revoke(token_id))
+
+
+@me_router.get("/me", summary="The calling token", responses=responses(Unauthenticated))
+async def who_am_i(auth: AnyRole, session: DbSession) -> MeOut:
+    """Any role. The calling token's id, name and role, and its workspace: how a
+    client such as the settings UI learns what to offer (the server still checks
+    every action). A missing, unknown or revoked token is 401."""
+    token, workspace = await TokenService(session, auth).me()
+    return MeOut(
+        token_id=token.id,
+        name=token.name,
+        role=token.role,
+        workspace=WorkspaceRef(id=workspace.id, name=workspace.name),
+    )

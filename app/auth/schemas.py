@@ -35,6 +35,20 @@ class TokenCreated(BaseModel):
     created_at: datetime
 
 
+class WorkspaceRef(BaseModel):
+    id: uuid.UUID
+    name: str
+
+
+class MeOut(BaseModel):
+    """The calling token: what a client (the settings UI) needs to know who it is."""
+
+    token_id: uuid.UUID
+    name: str
+    role: Role
+    workspace: WorkspaceRef
+
+
 class WorkspaceOut(BaseModel):
     """A workspace as `integrations workspace list --json` prints it."""
 

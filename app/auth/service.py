@@ -94,6 +94,15 @@ class TokenService:
         await self.repository.session.flush()
         return token, secret
 
+    async def me(self) -> tuple[ApiToken, Workspace]:
+        """The calling token and its workspace (both exist: the token was just
+        authenticated in this request)."""
+        token = await self.repository.get(self.auth.token_id)
+        workspace = await get_workspace(self.repository.session, self.auth.workspace_id)
+        if token is None or workspace is None:
+            raise Unauthenticated()
+        return token, workspace
+
     async def list_tokens(self, params: PageParams) -> list[ApiToken]:
         return await self.repository.list(params)
 
