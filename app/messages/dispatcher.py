@@ -46,6 +46,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import json
 import random
 import time
 import uuid
@@ -467,6 +468,12 @@ class Dispatcher:
                     disable_notification=row.disable_notification,
                     business_connection_id=row.business_connection_id,
                     direct_messages_topic_id=row.direct_messages_topic_id,
+                    protect_content=row.protect_content,
+                    link_preview_options=(
+                        None
+                        if row.link_preview_options is None
+                        else json.loads(row.link_preview_options)
+                    ),
                 )
             except TelegramError as exc:
                 self._confirm(send, outcomes)

@@ -150,6 +150,8 @@ class TelegramClient:
         disable_notification: bool | None = None,
         business_connection_id: str | None = None,
         direct_messages_topic_id: int | None = None,
+        protect_content: bool | None = None,
+        link_preview_options: Mapping[str, object] | None = None,
     ) -> SentMessage:
         """sendMessage. `reply_to_message_id` is sent as `reply_parameters`,
         since the flat parameter is no longer part of the API."""
@@ -166,6 +168,8 @@ class TelegramClient:
                 "disable_notification": disable_notification,
                 "business_connection_id": business_connection_id,
                 "direct_messages_topic_id": direct_messages_topic_id,
+                "protect_content": protect_content,
+                "link_preview_options": link_preview_options,
             },
         )
         return _typed("sendMessage", SentMessage.from_api, answer.result)

@@ -185,6 +185,47 @@ async def test_an_approved_message_is_sent_once_and_shows_in_its_conversation(
     assert [e["action"] for e in audit] == ["sent", "approved", "requested"]
 
 
+async def test_every_sending_option_of_a_request_reaches_telegram(
+    app_client: httpx.AsyncClient,
+    workspace: WorkspaceFixture,
+    telegram_double: TelegramDouble,
+    db_engine: AsyncEngine,
+    settings: Settings,
+    redis_client: Redis,
+) -> None:
+    bot, connection_id = await connect(app_client, workspace, telegram_double)
+    preview = {"is_disabled": True}
+    message = await request(
+        app_client,
+        workspace,
+        connection_id,
+        chat_id=502,
+        text="*quiet* and protected",
+        parse_mode="MarkdownV2",
+        disable_notification=True,
+        protect_content=True,
+        link_preview_options=preview,
+    )
+    async with dispatching(db_engine, settings, redis_client):
+        await reaches(app_client, workspace, message["id"], "sent")
+    [record] = telegram_double.sent_messages(bot)
+    assert record.text == "*quiet* and protected"
+    assert {
+        name: record.params.get(name)
+        for name in (
+            "parse_mode",
+            "disable_notification",
+            "protect_content",
+            "link_preview_options",
+        )
+    } == {
+        "parse_mode": "MarkdownV2",
+        "disable_notification": True,
+        "protect_content": True,
+        "link_preview_options": preview,
+    }
+
+
 async def test_rejected_cancelled_and_expired_messages_are_never_sent(
     app_client: httpx.AsyncClient,
     workspace: WorkspaceFixture,
