@@ -31,6 +31,10 @@
     timers: [],
     // Bumped on every navigation: work started by an older view drops its result.
     view: 0,
+    // Set by a navigation the user made: the next view's heading takes focus as soon
+    // as it is drawn (not once its data arrives, which would pull focus back from
+    // wherever the user has tabbed to meanwhile).
+    focusOnView: false,
   };
 
   // -- building the page from text ------------------------------------------------
@@ -347,6 +351,10 @@
     document.title = `${title} · Integrations settings`;
     const heading = el("h1", { tabindex: "-1", text: title });
     main.append(heading);
+    if (state.focusOnView) {
+      state.focusOnView = false;
+      heading.focus();
+    }
     return heading;
   }
 
@@ -404,9 +412,9 @@
     if (heading) heading.focus();
   }
 
-  window.addEventListener("hashchange", async () => {
-    await route();
-    focusHeading();
+  window.addEventListener("hashchange", () => {
+    state.focusOnView = true;
+    route();
   });
 
   // -- sign in and out --------------------------------------------------------------
@@ -470,9 +478,12 @@
         result.append(errorNotice(error, "Could not sign in."));
         return;
       }
-      if (location.hash === "" || location.hash === "#/connections") await route();
-      else location.hash = "#/connections";
-      focusHeading();
+      if (location.hash === "" || location.hash === "#/connections") {
+        state.focusOnView = true;
+        await route();
+      } else {
+        location.hash = "#/connections";
+      }
     });
     main.append(form);
   }
