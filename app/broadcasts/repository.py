@@ -30,9 +30,6 @@ class BroadcastRepository:
         stmt = self._scoped().where(Broadcast.idempotency_key == key)
         return (await self.session.execute(stmt)).scalar_one_or_none()
 
-    def add(self, broadcast: Broadcast) -> None:
-        self.session.add(broadcast)
-
     async def decide(
         self,
         broadcast_id: uuid.UUID,

@@ -31,7 +31,6 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timedelta
 
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit.repository import record
@@ -51,7 +50,7 @@ from app.messages import batches, states
 from app.messages.errors import ConnectionDeleted, NotCancellable, NotPending, SelfApproval
 from app.messages.models import MessageStatus, OutboundMessage
 from app.messages.repository import MessageRepository
-from app.messages.service import check_text, fingerprint, repeat_of
+from app.messages.service import add_once, check_text, fingerprint, repeat_of
 from app.pagination import PageParams, page_of
 
 Counts = dict[MessageStatus, int]
@@ -156,18 +155,10 @@ class BroadcastService:
             created_at=now,
             updated_at=now,
         )
-        self.repository.add(broadcast)
-        try:
-            await self.session.flush()
-        except IntegrityError:
-            # Another request with the same key won the unique index meanwhile.
-            await self.session.rollback()
-            if idempotency_key is None:
-                raise
-            earlier = await self.repository.by_idempotency_key(idempotency_key)
-            if earlier is None:
-                raise
-            repeat_of(earlier.request_fingerprint, request)
+        earlier = await add_once(
+            self.session, broadcast, idempotency_key, self.repository.by_idempotency_key
+        )
+        if earlier is not None:
             return earlier, False
         content = batches.Content(
             text=body.text,

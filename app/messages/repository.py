@@ -70,6 +70,3 @@ class MessageRepository:
             descending=not oldest_first,
         )
         return list((await self.session.execute(stmt)).scalars())
-
-    def add(self, message: OutboundMessage) -> None:
-        self.session.add(message)

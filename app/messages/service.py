@@ -16,8 +16,10 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Protocol, TypeVar
 
 from pydantic import BaseModel
 from sqlalchemy.exc import IntegrityError
@@ -77,6 +79,38 @@ def repeat_of(earlier_fingerprint: str | None, request: str) -> None:
     """An idempotent repeat must carry the body the key was first used with (else 409)."""
     if earlier_fingerprint != request:
         raise IdempotencyKeyReused()
+
+
+class _Idempotent(Protocol):
+    request_fingerprint: str | None
+
+
+IdempotentRow = TypeVar("IdempotentRow", bound=_Idempotent)
+
+
+async def add_once(
+    session: AsyncSession,
+    row: IdempotentRow,
+    idempotency_key: str | None,
+    earlier_with: Callable[[str], Awaitable[IdempotentRow | None]],
+) -> IdempotentRow | None:
+    """Store `row`; None when it was stored. When a concurrent request with the same
+    key won the unique index meanwhile, that request's row (after checking the body
+    is the same: 409 otherwise)."""
+    session.add(row)
+    try:
+        await session.flush()
+    except IntegrityError:
+        await session.rollback()
+        if idempotency_key is None:
+            raise
+        earlier = await earlier_with(idempotency_key)
+        if earlier is None:
+            raise
+        # A row with a key always carries its request's fingerprint.
+        repeat_of(earlier.request_fingerprint, row.request_fingerprint or "")
+        return earlier
+    return None
 
 
 class MessageService:
@@ -152,18 +186,11 @@ class MessageService:
             created_at=now,
             updated_at=now,
         )
-        self.repository.add(message)
-        try:
-            await self.session.flush()
-        except IntegrityError:
-            # Another request with the same key won the unique index meanwhile.
-            await self.session.rollback()
-            if idempotency_key is None:
-                raise
-            earlier = await self.repository.by_idempotency_key(idempotency_key)
-            if earlier is None:
-                raise
-            return self._repeat(earlier, request), False
+        earlier = await add_once(
+            self.session, message, idempotency_key, self.repository.by_idempotency_key
+        )
+        if earlier is not None:
+            return earlier, False
         await self._record_created(message, now)
         return message, True
 
