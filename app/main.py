@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, nullcontext, suppress
 from typing import Any
@@ -13,8 +12,8 @@ from fastapi import FastAPI
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from app.agents import MCP_PATH
 from app.agents.endpoint import McpEndpoint
-from app.agents.server import MCP_PATH, open_agent_access
 from app.agents.tools import AgentTools
 from app.auth.router import me_router
 from app.auth.router import router as tokens_router
@@ -31,7 +30,7 @@ from app.logging import configure_logging
 from app.messages.router import router as messages_router
 from app.middleware import RequestContextMiddleware
 from app.openapi import DESCRIPTION, TAGS
-from app.runtime import ApiRuntime, open_api_runtime
+from app.runtime import ApiRuntime, frozen_startup_heap, open_api_runtime
 from app.vault import Keyring
 from app.web import UI_PREFIX, to_page, ui_app
 
@@ -115,6 +114,10 @@ async def _agent_access(
 ) -> AsyncIterator[None]:
     """The MCP server's session manager for as long as the app runs (MCP_ENABLED):
     the SDK's transport refuses requests until it is running."""
+    # Imported here: the SDK costs every process start about 1.5 s, and most
+    # deployments do not enable agent access.
+    from app.agents.server import open_agent_access
+
     tools = AgentTools(
         session_factory=runtime.session_factory,
         approval_ttl=settings.approval_ttl,
@@ -153,12 +156,7 @@ def create_app(
             # domain's collaborators), so no domain reaches for the runtime itself.
             app.state.session_factory = runtime.session_factory
             app.state.connections = runtime.connections
-            # Everything allocated so far lives as long as the process: move it out
-            # of the collector's sight, so full collections under load stay short
-            # (otherwise each stalls every in-flight request for tens of ms).
-            gc.collect()
-            gc.freeze()
-            try:
+            with frozen_startup_heap():
                 async with (
                     _agent_access(app, settings, runtime)
                     if settings.mcp_enabled
@@ -168,8 +166,6 @@ def create_app(
                     else nullcontext(),
                 ):
                     yield
-            finally:
-                gc.unfreeze()
 
     app = IntegrationsApp(
         title="Workspace integrations",

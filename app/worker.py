@@ -19,7 +19,6 @@ Telegram) and the leases are still released where possible.
 from __future__ import annotations
 
 import asyncio
-import gc
 import os
 import secrets
 import socket
@@ -41,7 +40,7 @@ from app.messages.dispatcher import Dispatcher, DispatchSettings
 from app.messages.queue_metrics import QueueGauges
 from app.messages.states import expire_due
 from app.metrics import serve_metrics
-from app.runtime import WorkerRuntime, metrics_access, open_worker_runtime
+from app.runtime import WorkerRuntime, frozen_startup_heap, metrics_access, open_worker_runtime
 from app.vault import Keyring
 
 __all__ = ["default_worker_id", "run_worker"]
@@ -107,26 +106,24 @@ async def run_worker(
                 shutdown_grace=settings.shutdown_grace_seconds,
             ),
         )
-        # As the API server does: what lives as long as the process is kept out of the
-        # collector's sight, so full collections stay short under load.
-        gc.collect()
-        gc.freeze()
-        async with _metrics_endpoint(runtime):
-            log.info("worker_started", long_poll_timeout=long_poll_timeout)
-            sending = asyncio.create_task(dispatcher.run(stop), name="outbound-dispatcher")
-            try:
-                await _serve(runtime, supervisor, stop, refresh_interval)
-                # The dispatcher finishes what it has claimed (within the shutdown
-                # grace), puts back what it could not, then ends with `stop`.
-                await sending
-            except BaseException:
-                sending.cancel()
-                await asyncio.wait((sending,))
-                await supervisor.abort()
-                log.info("worker_aborted")
-                raise
-            await supervisor.stop_all()
-            log.info("worker_stopped")
+        # As the API server does (see `frozen_startup_heap`).
+        with frozen_startup_heap():
+            async with _metrics_endpoint(runtime):
+                log.info("worker_started", long_poll_timeout=long_poll_timeout)
+                sending = asyncio.create_task(dispatcher.run(stop), name="outbound-dispatcher")
+                try:
+                    await _serve(runtime, supervisor, stop, refresh_interval)
+                    # The dispatcher finishes what it has claimed (within the shutdown
+                    # grace), puts back what it could not, then ends with `stop`.
+                    await sending
+                except BaseException:
+                    sending.cancel()
+                    await asyncio.wait((sending,))
+                    await supervisor.abort()
+                    log.info("worker_aborted")
+                    raise
+                await supervisor.stop_all()
+                log.info("worker_stopped")
 
 
 @asynccontextmanager

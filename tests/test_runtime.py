@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import uuid
 from pathlib import Path
 
+import pytest
 from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from app import runtime
 from app.runtime import open_worker_runtime
 from tests.conftest import make_settings, running_app
 from tests.ingress.test_webhook import post_update
@@ -82,3 +85,18 @@ async def test_the_worker_opens_one_engine_and_no_ingress_or_listener(
         await runtime.routes.connection_changed(uuid.uuid4())  # publishing needs no listener
         assert await subscribed_clients(redis_client, f"{name}-worker") == 0
         assert not hasattr(runtime, "ingress")
+
+
+def test_the_startup_heap_is_frozen_while_a_process_runs_and_collected_only_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    collections: list[int] = []
+    monkeypatch.setattr(runtime.gc, "collect", lambda: collections.append(1) or 0)
+    monkeypatch.setattr(runtime, "_heap_collected", False)
+    for _ in range(2):
+        with runtime.frozen_startup_heap():
+            assert gc.get_freeze_count() > 0
+        assert gc.get_freeze_count() == 0
+
+    # A second start in one process (the tests start hundreds) does not collect again.
+    assert collections == [1]

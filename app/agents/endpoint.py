@@ -14,15 +14,21 @@ authorization server this service does not have.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import structlog
 from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
-from app.agents.server import AUTH_SCOPE_KEY, AgentAccess
+from app.agents import AUTH_SCOPE_KEY
 from app.auth.deps import bearer_token
 from app.auth.service import authenticate
 from app.db import session_scope
 from app.errors import AppError, ServiceUnavailable, Unauthenticated, error_response
+
+if TYPE_CHECKING:
+    # The SDK's module: imported by the application only when MCP is enabled.
+    from app.agents.server import AgentAccess
 
 
 class McpEndpoint:

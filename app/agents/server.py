@@ -26,6 +26,7 @@ from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp_types import ToolAnnotations
 from pydantic import Field
 
+from app.agents import AUTH_SCOPE_KEY, MCP_PATH
 from app.agents.security import transport_security
 from app.agents.tools import AgentTools, SendResult
 from app.auth.service import AuthContext
@@ -35,11 +36,6 @@ from app.errors import AppError
 from app.inbox.schemas import ConversationMessageOut, ConversationOut
 from app.messages.schemas import MessageOut
 from app.pagination import DEFAULT_LIMIT, MAX_LIMIT, Page, PageParams
-
-MCP_PATH = "/mcp"
-# Where app.agents.endpoint leaves the caller's AuthContext in the ASGI scope; the
-# SDK hands tools the request (and so the scope) of the POST that carried the call.
-AUTH_SCOPE_KEY = "integrations.auth"
 
 T = TypeVar("T")
 

@@ -19,8 +19,11 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.logging import redact_text
+from tests.conftest import new_workspace
+from tests.leaks.dump import dump_database
 from tests.leaks.registry import SecretRegistry
 
 REPO = Path(__file__).resolve().parents[2]
@@ -171,3 +174,19 @@ def test_a_run_without_leaks_passes(scratch: Path) -> None:
     result = run_inner_session(scratch, output="connecting with a token")
     assert result.returncode == pytest.ExitCode.OK, result.stdout + result.stderr
     assert "secret-leak check: 1 secrets, none found" in result.stdout
+
+
+async def test_the_database_dump_holds_every_row_under_its_tables_name(
+    db_session_factory: async_sessionmaker[AsyncSession], db_engine: AsyncEngine
+) -> None:
+    await new_workspace(db_session_factory, "O'Brien & Co")
+    await new_workspace(db_session_factory, "Initech")
+
+    async with db_engine.connect() as connection:
+        dump = await dump_database(connection)
+
+    workspaces = [line for line in dump.splitlines() if line.startswith("workspaces: ")]
+    names = sorted(json.loads(line.removeprefix("workspaces: "))["name"] for line in workspaces)
+    assert names == ["Initech", "O'Brien & Co"]
+    # Their admin tokens' rows are there too (as hashes).
+    assert sum(line.startswith("api_tokens: ") for line in dump.splitlines()) == 2
