@@ -646,6 +646,38 @@ def check_sends(sends: Sequence[Sequence[Any]]) -> dict[str, int]:
     return broken
 
 
+def spacing_beyond_limits(
+    sends: Sequence[Sequence[Any]], since: float, bots: set[int]
+) -> dict[str, list[float]]:
+    """For every send of `bots` (bots whose chats limit them, not their 30/s) after
+    `since`: how long after the previous send of its chat it came, beyond the chat's
+    interval (1 s; 3 s for a group, the pacer's spacing for 20 a minute). What a chat
+    loses per send to the time between one send's arrival and the next one's
+    admission."""
+    by_chat: dict[tuple[int, int], list[float]] = defaultdict(list)
+    for bot, chat, at in sends:
+        if bot in bots:
+            by_chat[(bot, chat)].append(at)
+    beyond: dict[str, list[float]] = {"chat": [], "group": []}
+    for (_bot, chat), times in by_chat.items():
+        times.sort()
+        interval = 1.0 / GROUP_RATE if chat < 0 else 1.0 / CHAT_RATE
+        kind = "group" if chat < 0 else "chat"
+        beyond[kind] += [b - a - interval for a, b in itertools.pairwise(times) if a >= since]
+    return beyond
+
+
+def _ms_summary(values: Sequence[float]) -> str:
+    if not values:
+        return "none"
+    ordered = sorted(values)
+    return (
+        f"median {statistics.median(ordered) * 1000:.1f} ms, "
+        f"p90 {ordered[int(len(ordered) * 0.9)] * 1000:.1f} ms, "
+        f"max {ordered[-1] * 1000:.1f} ms (n={len(ordered)})"
+    )
+
+
 def part_pacing(
     fixture: Fixture, seeded: Seeded, duration: float, logs: Path, profile: Path | None
 ) -> bool:
@@ -716,6 +748,11 @@ def part_pacing(
         f"{statistics.median(busy):.1%} [min {min(busy):.1%}], 5/s bots median "
         f"{statistics.median(small):.1%} [min {min(small):.1%}]"
     )
+    chat_limited = {seeded.bots[i].bot_id for i in range(len(plans)) if i % 10 != 0}
+    beyond = spacing_beyond_limits(accepted, steady_from, chat_limited)
+    print("5/s bots, each chat's sends: how far apart beyond the chat's interval")
+    print(f"  private chats (1 s): {_ms_summary(beyond['chat'])}")
+    print(f"  groups (3 s):        {_ms_summary(beyond['group'])}")
     print(
         f"429 answers: {stats['too_many']} (refused for chat {stats['violations']['chat']}, "
         f"group {stats['violations']['group']}, bot {stats['violations']['bot']})"
