@@ -115,7 +115,7 @@ async def add(
                     else None
                 ),
                 "attempts": 0,
-                "holds_place": False,
+                "pacing_ticket": None,
                 "broadcast_id": batch.broadcast_id,
                 "broadcast_position": position,
                 "created_at": at,

@@ -131,10 +131,10 @@ class _Candidate:
     token: BotToken
     chat_id: int | str
     daily_limit: int
-    # Its moment on this process's monotonic clock, and whether it holds a place
-    # in its chat's schedule (it may have been given one within this batch).
+    # Its moment on this process's monotonic clock, and its ticket in its chat's
+    # order (it may have been given one within this batch).
     due: float
-    holds_place: bool
+    ticket: int | None
 
 
 @dataclass(frozen=True)
@@ -291,7 +291,10 @@ class Dispatcher:
     # -- claiming: the connection, its credentials, the daily limit ------------------------
 
     async def _claim(self) -> _Batch | None:
-        now = self._clock()
+        # The same instant on both clocks: moments and the lease in the claim are
+        # wall-clock times, the batch keeps them on the monotonic clock. Read after
+        # the claim, they would come late by the claim's own duration.
+        now, here = self._clock(), time.monotonic()
         async with self._engine.begin() as connection:
             claimed = await states.claim(
                 connection,
@@ -306,8 +309,6 @@ class Dispatcher:
                 return None
             targets = await senders(connection, {row.connection_id for row in claimed})
         self.verdicts["claimed"] += len(claimed)
-        # Claimed at `now`; the monotonic clock is read after, so this is never late.
-        here = time.monotonic()
         outcomes = _Outcomes()
         tokens: dict[uuid.UUID, BotToken | None] = {}
         candidates: list[_Candidate] = []
@@ -336,7 +337,7 @@ class Dispatcher:
                     telegram_chat_id(row.chat_id),
                     target.daily_limit,
                     here + ahead,
-                    row.holds_place,
+                    row.pacing_ticket,
                 )
             )
         return _Batch(len(claimed), candidates, outcomes, here + self._settings.lease_seconds)
@@ -372,9 +373,20 @@ class Dispatcher:
     async def _finish(self, batch: _Batch) -> None:
         """Pace and send the batch, tell the pacer when Telegram answered, record it all."""
         outcomes = batch.outcomes
+        releasing: list[asyncio.Task[None]] = []
+
+        def release_deferred() -> None:
+            # What waits in the database may be due again before this batch is done
+            # (a wait of a little over the lookahead): it goes back to the queue now,
+            # not when the batch's sends are recorded.
+            if outcomes.deferred:
+                waiting, outcomes.deferred = outcomes.deferred, []
+                releasing.append(asyncio.create_task(self._release(waiting, outcomes)))
+
         try:
             sending: list[asyncio.Task[None]] = []
             pending = batch.candidates
+            release_deferred()
             while pending:
                 moment = min(candidate.due for candidate in pending)
                 delay = moment - time.monotonic()
@@ -384,7 +396,10 @@ class Dispatcher:
                 ready = [c for c in pending if c.due <= now]
                 pending = [c for c in pending if c.due > now]
                 pending += await self._admit(ready, outcomes, sending)
+                release_deferred()
             await asyncio.gather(*sending)
+            # A release that failed is recorded with the rest, retried while the lease holds.
+            await asyncio.gather(*releasing)
             try:
                 await self._pacer.confirm(outcomes.confirmations)
             except RateLimiterUnavailable:
@@ -408,7 +423,7 @@ class Dispatcher:
         # here to its answer is never less than from its admission (see `confirm`).
         here = time.monotonic()
         requests = [
-            PaceRequest(c.row.connection_id, c.chat_id, c.holds_place, c.daily_limit) for c in ready
+            PaceRequest(c.row.connection_id, c.chat_id, c.ticket, c.daily_limit) for c in ready
         ]
         try:
             verdicts = await self._pacer.admit(requests)
@@ -438,14 +453,14 @@ class Dispatcher:
                 sending.append(asyncio.create_task(self._send(send, outcomes)))
             elif verdict.wait < self._settings.lookahead:
                 candidate.due = asked + verdict.wait
-                candidate.holds_place = verdict.holds_place
+                candidate.ticket = verdict.ticket
                 again.append(candidate)
             else:
                 outcomes.deferred.append(
                     states.Deferral(
                         candidate.row.id,
                         now + timedelta(seconds=verdict.wait),
-                        holds_place=verdict.holds_place,
+                        ticket=verdict.ticket,
                     )
                 )
                 if verdict.limited_by is not None:
@@ -537,6 +552,15 @@ class Dispatcher:
             )
 
     # -- recording -----------------------------------------------------------------------
+
+    async def _release(self, waiting: list[states.Deferral], outcomes: _Outcomes) -> None:
+        """Put messages that wait back in the queue, ahead of the batch's record."""
+        try:
+            async with self._engine.begin() as connection:
+                await states.defer(connection, self._owner, waiting, self._clock())
+        except Exception as exc:
+            self._log.warning("outbound_release_failed", error_type=type(exc).__name__)
+            outcomes.deferred.extend(waiting)
 
     async def _record_retrying(self, outcomes: _Outcomes, lease_ends: float) -> None:
         """Record, retrying while the lease holds: until it runs out no other worker

@@ -21,7 +21,6 @@ from sqlalchemy import (
     String,
     Text,
     Uuid,
-    false,
     text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
@@ -107,9 +106,9 @@ class OutboundMessage(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
-    # The message holds a place in its chat's pacing schedule (app.messages.pacing):
-    # when it is due again it keeps that place rather than queue behind later ones.
-    holds_place: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # The message's ticket in its chat's order (app.messages.pacing): when it is due
+    # again it keeps its turn rather than queue behind later messages.
+    pacing_ticket: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     # The worker that claimed a `sending` row, and until when; an expired lease is
     # claimed again (its worker died).
     lease_owner: Mapped[str | None] = mapped_column(String(64), nullable=True)

@@ -1,8 +1,6 @@
 """Telegram's sending limits, shared by every worker (Redis) or kept in process.
 
-Limits (Telegram's Bot FAQ), each kept a few percent inside, because Telegram
-counts arrivals and a send arrives a few milliseconds after it was admitted,
-some sooner than others (`PacingLimits`):
+Limits (Telegram's Bot FAQ):
 
 - a chat: 1 message a second;
 - a group, supergroup or channel: 20 a minute; with 1 a second per chat that is
@@ -10,12 +8,10 @@ some sooner than others (`PacingLimits`):
   as a flood);
 - a bot: 30 messages in any second, across its chats: a sliding window over its
   last 30 sends, so a bot may send 30 at once and then waits for the oldest to
-  leave the window (a spacing of 1/30 s would waste the window whenever sends
-  come in batches).
+  leave the window.
 
 A 429 in one chat never slows the bot's other chats: every limit here is a
-chat's own except the bot's window, and a message refused by the bot leaves its
-chat's turn unused.
+chat's own except the bot's window.
 
 **Admitted, then confirmed.** Telegram counts a send when it arrives, which is
 some milliseconds after the pacer admitted it (more when the worker is busy). So
@@ -24,28 +20,42 @@ an admitted send is counted from its admission, and once Telegram has answered,
 worker measured until the answer), which is after its arrival. A chat's next
 send is admitted an interval after that, so it arrives an interval after the
 previous one arrived whatever the delays in between; the bot's window counts the
-answers' moments the same way. What is left to the margin is the network's
-jitter on the way to Telegram, and the way back covers that (see `PacingLimits`).
+answers' moments the same way. No margin is needed (`PacingLimits`).
 
-**Places in a chat's schedule.** A message whose chat may not receive yet is
-given a place in that chat's schedule: the first free moment after the places
-already given, so a chat's backlog is spread over the coming seconds once,
-instead of every waiting message coming back (and being refused again) at the
-same moment. The message waits in the database until its place comes
-(`next_attempt_at`) and remembers that it holds one (`holds_place`, stored on
-the row). When it comes back it goes as soon as the chat's previous send is an
-interval old; it is never given a second place behind later messages, so a
-chat's messages keep their order. A message that holds no place never jumps
-ahead of places already given.
+**Tickets.** A message whose chat may not receive yet (or whose chat has
+messages waiting already) takes the chat's next ticket, and a chat serves its
+tickets in order: its messages go in the order they were asked about. The
+message waits in the database until about its turn (`next_attempt_at`) and keeps
+its ticket on its row (`pacing_ticket`). Its turn is estimated from the chat's
+ready moment and an interval for each ticket before it. That is a little early
+(each send before it also waits for its answer), never late, so the chat never
+waits for a message still in the database: a ticket that comes back early is
+told its turn again from the chat's state then (at most a few milliseconds off
+for the next in line, which waits for it in the worker), so an estimate's error
+never adds up over a long backlog, and no two messages of a chat are told the
+same moment. A ticket whose messages before it never come (cancelled, or lost
+with a worker) waits for them at most `ticket_grace` past its estimate, then the
+chat serves it and skips them. A ticket the chat's state did not give (Redis
+lost its state, or the in-process pacer restarted) is served as soon as the
+chat may receive.
 
-Messages refused by the bot's window wait for the moment the window frees a
-send for them: the k-th refused in a batch for the k-th oldest send to leave it.
+**The bot's calendar.** Where a ticket's estimate is made (and where a message
+finds the bot's window full), the moment is also booked in the bot's calendar:
+window-long buckets holding at most `bot_sends` places each. So a
+bot whose chats together want more than its 30 a second gets its messages due at
+the rate it may send, instead of due all at once and refused by its window
+again and again. Estimates made again for early tickets are not booked twice.
+
+Messages refused by the bot's window that already hold a ticket wait for the
+moment the window frees a send for them: the k-th refused in a batch for the k-th
+oldest send to leave it.
 
 Decisions for one connection are made in one step (one Lua script on Redis,
 whose clock is Redis's `TIME`, so replicas with skewed clocks agree), in the
 order the messages are given. All of a connection's keys share its hash tag, so
 a Redis Cluster keeps them in one slot; one batch of several connections is one
-pipelined round trip.
+pipelined round trip. Both implementations compute in whole microseconds, so
+they decide alike to the microsecond.
 
 **The day's count.** The connection's `daily_limit` (messages per UTC day) is
 ours, not Telegram's; the pacer counts each day's admitted sends per connection
@@ -85,26 +95,32 @@ class PacingLimits:
     Telegram by the answer's own way back. So a chat's next send, admitted an
     interval after that answer, arrives more than an interval after the previous
     one arrived, whatever the network's jitter; likewise for the bot's window.
+
+    `ticket_grace`: how long past its estimated turn a ticket waits for tickets
+    before it that do not come (see the module docstring).
     """
 
     chat_interval: float = 1.0
     group_interval: float = 3.0
     bot_sends: int = 30
     bot_window: float = 1.0
+    ticket_grace: float = 5.0
 
     def __post_init__(self) -> None:
         if min(self.chat_interval, self.group_interval, self.bot_window) <= 0:
             raise ValueError("intervals must be positive")
         if self.bot_sends < 1:
             raise ValueError("bot_sends must be at least 1")
+        if self.ticket_grace < 0:
+            raise ValueError("ticket_grace must not be negative")
 
 
 @dataclass(frozen=True)
 class PaceRequest:
     connection_id: uuid.UUID
     chat_id: int | str
-    # The message already holds a place in its chat's schedule.
-    holds_place: bool = False
+    # The message's ticket in its chat's order, if it was given one.
+    ticket: int | None = None
     # The connection's messages per UTC day.
     daily_limit: int = 1_000_000_000
 
@@ -112,10 +128,10 @@ class PaceRequest:
 @dataclass(frozen=True)
 class PaceVerdict:
     allowed: bool
-    # Seconds until the message may go; 0 when allowed.
+    # Seconds until the message may go (or may ask again); 0 when allowed.
     wait: float = 0.0
-    # The message holds a place in its chat's schedule (to be kept on its row).
-    holds_place: bool = False
+    # The message's ticket (to be kept on its row), if it has one.
+    ticket: int | None = None
     limited_by: LimitedBy | None = None
     # When an allowed send was admitted, on the pacer's clock (for `confirm`).
     admitted_at: float = 0.0
@@ -176,26 +192,93 @@ def _by_connection(items: Sequence[PaceRequest | Confirmation]) -> dict[uuid.UUI
 
 # -- in process (the embedded default) ------------------------------------------------
 
+MICROSECONDS = 1_000_000
+# How long a chat's and a bot's state outlive their last use (ms, in Redis).
+STATE_MARGIN_MS = 60_000
+
+
+@dataclass(frozen=True)
+class _Micros:
+    """`PacingLimits` in whole microseconds, as both implementations compute."""
+
+    chat_interval: int
+    group_interval: int
+    bot_sends: int
+    window: int
+    grace: int
+
+    @classmethod
+    def of(cls, limits: PacingLimits) -> _Micros:
+        return cls(
+            round(limits.chat_interval * MICROSECONDS),
+            round(limits.group_interval * MICROSECONDS),
+            limits.bot_sends,
+            round(limits.bot_window * MICROSECONDS),
+            round(limits.ticket_grace * MICROSECONDS),
+        )
+
+    def interval(self, chat_id: int | str) -> int:
+        return self.group_interval if is_group(chat_id) else self.chat_interval
+
 
 @dataclass
 class _Chat:
-    # The moment the chat may receive again, and the first free place in its schedule.
-    ready_at: float = 0.0
-    next_place: float = 0.0
+    # When the chat may receive again; the ticket it serves next and the next
+    # ticket it gives (equal when nobody waits).
+    ready_at: int = 0
+    serving: int = 0
+    next_ticket: int = 0
+    # Until when the state means something (for forgetting it).
+    keep_until: int = 0
 
 
 @dataclass
 class _Bot:
     # Its recent sends, oldest first (at most `bot_sends` of them).
-    sends: list[float] = field(default_factory=list)
+    sends: list[int] = field(default_factory=list)
+    # Its calendar: the origin of its buckets, and places given per bucket.
+    origin: int | None = None
+    places: dict[int, int] = field(default_factory=dict)
+
+
+class _Calendar:
+    """A bot's calendar during one decision (see the module docstring)."""
+
+    def __init__(self, bot: _Bot, now: int, limits: _Micros) -> None:
+        self._bot = bot
+        self._now = now
+        self._limits = limits
+
+    def book(self, moment: int) -> int:
+        """The first moment at or after `moment` whose bucket has a place left, booked."""
+        bot, window = self._bot, self._limits.window
+        if bot.origin is None:
+            bot.origin = self._now
+        bucket = (moment - bot.origin) // window
+        while bot.places.get(bucket, 0) >= self._limits.bot_sends:
+            bucket += 1
+            moment = max(moment, bot.origin + bucket * window)
+        bot.places[bucket] = bot.places.get(bucket, 0) + 1
+        return moment
+
+    def forget_past(self) -> None:
+        """Buckets over before the previous one book nothing any more."""
+        bot = self._bot
+        if bot.origin is None:
+            return
+        current = (self._now - bot.origin) // self._limits.window
+        for bucket in [b for b in bot.places if b < current - 1]:
+            del bot.places[bucket]
 
 
 class LocalOutboundPacer:
     """The same decisions as `RedisOutboundPacer`, in this process's memory.
 
     For one worker (the embedded default has one); several processes each keep
-    their own counts. `clock` is monotonic seconds, injectable for tests. State is
-    forgotten lazily once it no longer limits anything.
+    their own counts. `clock` is monotonic seconds, injectable for tests; tickets
+    start from `wall_clock` milliseconds, so a restarted process gives tickets
+    after those it gave before. State is forgotten lazily once it no longer
+    limits anything.
     """
 
     def __init__(
@@ -204,7 +287,7 @@ class LocalOutboundPacer:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
-        self._limits = limits or PacingLimits()
+        self._limits = _Micros.of(limits or PacingLimits())
         self._clock = clock
         self._wall_clock = wall_clock
         self._chats: dict[tuple[uuid.UUID, str], _Chat] = {}
@@ -217,7 +300,7 @@ class LocalOutboundPacer:
     async def admit(
         self, requests: Sequence[PaceRequest], counted: dict[uuid.UUID, int] | None = None
     ) -> list[PaceVerdict]:
-        now = self._clock()
+        now = round(self._clock() * MICROSECONDS)
         wall = self._wall_clock()
         day = utc_day(wall)
         for key in [key for key in self._days if key[1] != day]:
@@ -231,98 +314,153 @@ class LocalOutboundPacer:
                     continue
                 self._days[(connection_id, day)] = counted[connection_id]
             decided = self._decide(
-                now, seconds_to_midnight(wall), connection_id, [requests[i] for i in indexes], day
+                now,
+                round(seconds_to_midnight(wall) * MICROSECONDS),
+                int(wall * 1000),
+                connection_id,
+                [requests[i] for i in indexes],
+                day,
             )
             for index, verdict in zip(indexes, decided, strict=True):
                 verdicts[index] = verdict
-        limits = self._limits
-        self._chat_sweeper.maybe_sweep(
-            self._chats, lambda chat: max(chat.ready_at, chat.next_place) <= now
-        )
+        window = self._limits.window
+        self._chat_sweeper.maybe_sweep(self._chats, lambda chat: chat.keep_until <= now)
         self._bot_sweeper.maybe_sweep(
-            self._bots, lambda bot: not bot.sends or bot.sends[-1] <= now - limits.bot_window
+            self._bots,
+            lambda bot: (
+                (not bot.sends or bot.sends[-1] <= now - window)
+                and all(
+                    bot.origin is None or bot.origin + (b + 1) * window <= now for b in bot.places
+                )
+            ),
         )
         return [verdict for verdict in verdicts if verdict is not None]
 
     def _decide(
         self,
-        now: float,
-        to_midnight: float,
+        now: int,
+        to_midnight: int,
+        first_ticket: int,
         connection_id: uuid.UUID,
         requests: Sequence[PaceRequest],
         day: int,
     ) -> list[PaceVerdict]:
         limits = self._limits
         bot = self._bots.setdefault(connection_id, _Bot())
+        calendar = _Calendar(bot, now, limits)
+        calendar.forget_past()
         used = self._days[(connection_id, day)]
-        live = sorted(at for at in bot.sends if at > now - limits.bot_window)
+        live = sorted(at for at in bot.sends if at > now - limits.window)
         waiting_on_bot = 0
         verdicts = []
+
+        def waits(micros: int, ticket: int | None, limited_by: LimitedBy) -> PaceVerdict:
+            return PaceVerdict(False, micros / MICROSECONDS, ticket, limited_by)
+
         for request in requests:
-            chat = self._chats.setdefault((connection_id, str(request.chat_id)), _Chat())
-            interval = limits.group_interval if is_group(request.chat_id) else limits.chat_interval
-            if request.holds_place:
-                if chat.ready_at > now:
-                    verdicts.append(PaceVerdict(False, chat.ready_at - now, True, "chat"))
+            key = (connection_id, str(request.chat_id))
+            chat = self._chats.get(key)
+            if chat is None:
+                chat = self._chats[key] = _Chat(0, first_ticket, first_ticket)
+            interval = limits.interval(request.chat_id)
+            ticket = request.ticket
+            if ticket is not None and chat.serving < ticket < chat.next_ticket:
+                # Tickets before it are still to go.
+                estimate = chat.ready_at + (ticket - chat.serving) * interval
+                if now < estimate + limits.grace:
+                    # Past its estimate, it looks again each interval until the grace ends.
+                    wait = (
+                        estimate - now
+                        if estimate > now
+                        else min(interval, estimate + limits.grace - now)
+                    )
+                    verdicts.append(waits(wait, ticket, "chat"))
+                    self._keep(chat, now, interval)
                     continue
-            else:
-                start = max(chat.ready_at, chat.next_place)
-                if start > now:
-                    chat.next_place = start + interval
-                    verdicts.append(PaceVerdict(False, start - now, True, "chat"))
-                    continue
-            if used >= request.daily_limit:
-                verdicts.append(PaceVerdict(False, to_midnight, request.holds_place, "day"))
+                # They did not come: this one is served, and they after it.
+                chat.serving = ticket
+            elif ticket is None and (chat.next_ticket > chat.serving or chat.ready_at > now):
+                # Others wait in this chat, or it may not receive yet: the next ticket.
+                ticket = chat.next_ticket
+                chat.next_ticket += 1
+                estimate = max(chat.ready_at, now) + (ticket - chat.serving) * interval
+                verdicts.append(waits(calendar.book(estimate) - now, ticket, "chat"))
+                self._keep(chat, now, interval)
                 continue
-            if len(live) < limits.bot_sends:
+            # Its turn (or no ticket, and nobody waits).
+            if chat.ready_at > now:
+                verdicts.append(waits(chat.ready_at - now, ticket, "chat"))
+            elif used >= request.daily_limit:
+                verdicts.append(waits(to_midnight, ticket, "day"))
+            elif len(live) < limits.bot_sends:
                 used += 1
                 live.append(now)
                 chat.ready_at = now + interval
-                chat.next_place = max(chat.next_place, chat.ready_at)
-                verdicts.append(PaceVerdict(True, holds_place=request.holds_place, admitted_at=now))
-                continue
-            # The k-th message refused here waits for the k-th oldest send to leave
-            # the window (a window later for each time round).
-            oldest = live[len(live) - limits.bot_sends :]
-            turn, slot = divmod(waiting_on_bot, limits.bot_sends)
-            waiting_on_bot += 1
-            free_at = oldest[slot] + limits.bot_window * (1 + turn)
-            verdicts.append(PaceVerdict(False, free_at - now, request.holds_place, "bot"))
+                if ticket is not None and chat.serving <= ticket < chat.next_ticket:
+                    chat.serving = ticket + 1
+                verdicts.append(PaceVerdict(True, ticket=ticket, admitted_at=now / MICROSECONDS))
+            else:
+                # The bot's window is full: the k-th refused here waits for the k-th
+                # oldest send to leave it (a window later for each time round).
+                oldest = live[len(live) - limits.bot_sends :]
+                turn, slot = divmod(waiting_on_bot, limits.bot_sends)
+                waiting_on_bot += 1
+                free_at = oldest[slot] + limits.window * (1 + turn)
+                if ticket is None:
+                    # A ticket keeps the chat's order while it waits; its place is booked.
+                    ticket = chat.next_ticket
+                    chat.next_ticket += 1
+                    free_at = calendar.book(free_at)
+                verdicts.append(waits(free_at - now, ticket, "bot"))
+            self._keep(chat, now, interval)
         bot.sends = live[-limits.bot_sends :]
         self._days[(connection_id, day)] = used
         return verdicts
 
+    def _keep(self, chat: _Chat, now: int, interval: int) -> None:
+        waiting = chat.next_ticket - chat.serving
+        last = max(chat.ready_at, now) + waiting * interval + (self._limits.grace if waiting else 0)
+        chat.keep_until = max(chat.keep_until, last)
+
     async def confirm(self, confirmations: Sequence[Confirmation]) -> None:
         limits = self._limits
-        for item in confirmations:
-            answered = item.admitted_at + item.elapsed
-            chat = self._chats.setdefault((item.connection_id, str(item.chat_id)), _Chat())
-            interval = limits.group_interval if is_group(item.chat_id) else limits.chat_interval
-            chat.ready_at = max(chat.ready_at, answered + interval)
-            chat.next_place = max(chat.next_place, chat.ready_at)
-            bot = self._bots.setdefault(item.connection_id, _Bot())
-            if item.admitted_at in bot.sends:
-                bot.sends[bot.sends.index(item.admitted_at)] = answered
-                bot.sends.sort()
+        for connection_id, indexes in _by_connection(confirmations).items():
+            bot = self._bots.setdefault(connection_id, _Bot())
+            for item in (confirmations[i] for i in indexes):
+                admitted = round(item.admitted_at * MICROSECONDS)
+                answered = admitted + max(0, round(item.elapsed * MICROSECONDS))
+                key = (connection_id, str(item.chat_id))
+                chat = self._chats.get(key)
+                if chat is None:
+                    # Forgotten meanwhile: its ready moment is all that matters now.
+                    first = int(self._wall_clock() * 1000)
+                    chat = self._chats[key] = _Chat(0, first, first)
+                chat.ready_at = max(chat.ready_at, answered + limits.interval(item.chat_id))
+                chat.keep_until = max(chat.keep_until, chat.ready_at)
+                if admitted in bot.sends:
+                    bot.sends[bot.sends.index(admitted)] = answered
+                    bot.sends.sort()
 
 
 # -- shared through Redis ---------------------------------------------------------------
-
-MICROSECONDS = 1_000_000
 
 # The same decisions as `LocalOutboundPacer._decide`, in microseconds of Redis TIME
 # (every value stays below 2**53, so Lua's doubles compute exactly).
 PACING_SCRIPT = """\
 -- KEYS[1]     the bot's recent sends (a list, oldest first)
 -- KEYS[2]     the connection's count of admitted sends today (UTC)
--- KEYS[3..n]  one chat key per message, in order (a hash: r ready_at, p next_place)
--- ARGV[1..4]  chat interval, group interval, bot sends, bot window (us, us, n, us)
--- ARGV[5]     the daily limit
--- ARGV[6]     the day's count from the database, or -1 if the caller has none
--- ARGV[6+i]   the i-th message's flags: 1 holds a place, 2 a group
--- Returns per message {allowed 0|1, wait_us, holds_place 0|1,
+-- KEYS[3]     the bot's calendar (a hash: o its origin, lo its oldest bucket, end its last place,
+--             and per bucket the places booked in it)
+-- KEYS[4..n]  one chat key per message, in order (a hash: r ready_at, s the
+--             ticket served next, n the next ticket to give)
+-- ARGV[1..5]  chat interval, group interval, bot sends, bot window, ticket grace
+--             (us, us, n, us, us)
+-- ARGV[6]     the daily limit
+-- ARGV[7]     the day's count from the database, or -1 if the caller has none
+-- ARGV[6+2j], ARGV[7+2j]  the j-th message's flags (2: a group) and ticket (0: none)
+-- Returns per message {allowed 0|1, wait_us, ticket or 0,
 -- limited_by 0|1 chat|2 bot|3 day, admitted_at_us (allowed) or 0},
--- or {-1} when the day has no count and ARGV[6] is -1.
+-- or {-1} when the day has no count and ARGV[7] is -1.
 if redis.replicate_commands then
   redis.replicate_commands()
 end
@@ -330,18 +468,20 @@ local chat_interval = tonumber(ARGV[1])
 local group_interval = tonumber(ARGV[2])
 local bot_sends = tonumber(ARGV[3])
 local window = tonumber(ARGV[4])
-local daily_limit = tonumber(ARGV[5])
+local grace = tonumber(ARGV[5])
+local daily_limit = tonumber(ARGV[6])
 local used = tonumber(redis.call('GET', KEYS[2]))
 if not used then
-  if tonumber(ARGV[6]) < 0 then
+  if tonumber(ARGV[7]) < 0 then
     return {-1}
   end
-  used = tonumber(ARGV[6])
+  used = tonumber(ARGV[7])
 end
 local used_before = used
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
 local to_midnight = (math.floor(tonumber(time[1]) / 86400) + 1) * 86400000000 - now
+local first_ticket = math.floor(now / 1000)
 
 local live = {}
 for _, value in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
@@ -352,68 +492,160 @@ for _, value in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
 end
 -- Oldest first, whatever order confirmations left them in.
 table.sort(live)
+
+-- The bot's calendar.
+local meta = redis.call('HMGET', KEYS[3], 'o', 'lo', 'end')
+local origin = tonumber(meta[1])
+local places = {}
+local booked = {}
+local booked_any = false
+local last_place = tonumber(meta[3]) or 0
+local function book(moment)
+  if not origin then
+    origin = now
+  end
+  local bucket = math.floor((moment - origin) / window)
+  while true do
+    local given = places[bucket]
+    if given == nil then
+      given = tonumber(redis.call('HGET', KEYS[3], tostring(bucket))) or 0
+      places[bucket] = given
+    end
+    if given < bot_sends then
+      places[bucket] = given + 1
+      booked[bucket] = true
+      booked_any = true
+      last_place = math.max(last_place, moment)
+      return moment
+    end
+    bucket = bucket + 1
+    moment = math.max(moment, origin + bucket * window)
+  end
+end
+
 local sent = 0
 local waiting_on_bot = 0
 local chats = {}
 local out = {}
-for i = 3, #KEYS do
-  local key = KEYS[i]
-  local flags = tonumber(ARGV[4 + i])
-  local holds = flags % 2 == 1
+local function keep(chat, interval)
+  local waiting = chat.n - chat.s
+  local last = math.max(chat.r, now) + waiting * interval
+  if waiting > 0 then
+    last = last + grace
+  end
+  chat.keep = math.max(chat.keep, last)
+end
+for j = 1, #KEYS - 3 do
+  local key = KEYS[3 + j]
+  local flags = tonumber(ARGV[6 + 2 * j])
+  local ticket = tonumber(ARGV[7 + 2 * j])
   local interval = chat_interval
   if flags >= 2 then
     interval = group_interval
   end
   local chat = chats[key]
   if not chat then
-    local got = redis.call('HMGET', key, 'r', 'p')
-    chat = {r = tonumber(got[1]) or 0, p = tonumber(got[2]) or 0, dirty = false}
+    local got = redis.call('HMGET', key, 'r', 's', 'n')
+    chat = {r = tonumber(got[1]) or 0, s = tonumber(got[2]), n = tonumber(got[3]), keep = 0,
+            dirty = false}
+    if not chat.s or not chat.n then
+      chat.s = first_ticket
+      chat.n = first_ticket
+    end
     chats[key] = chat
   end
   local decided = false
-  if holds then
-    if chat.r > now then
-      out[#out + 1] = {0, chat.r - now, 1, 1, 0}
+  if ticket > 0 and chat.s < ticket and ticket < chat.n then
+    -- Tickets before it are still to go.
+    local estimate = chat.r + (ticket - chat.s) * interval
+    if now < estimate + grace then
+      local wait = estimate - now
+      if estimate <= now then
+        wait = math.min(interval, estimate + grace - now)
+      end
+      out[#out + 1] = {0, wait, ticket, 1, 0}
       decided = true
-    end
-  else
-    local start = math.max(chat.r, chat.p)
-    if start > now then
-      chat.p = start + interval
+    else
+      -- They did not come: this one is served, and they after it.
+      chat.s = ticket
       chat.dirty = true
-      out[#out + 1] = {0, start - now, 1, 1, 0}
-      decided = true
     end
+  elseif ticket == 0 and (chat.n > chat.s or chat.r > now) then
+    -- Others wait in this chat, or it may not receive yet: the next ticket.
+    ticket = chat.n
+    chat.n = ticket + 1
+    chat.dirty = true
+    local at = book(math.max(chat.r, now) + (ticket - chat.s) * interval)
+    out[#out + 1] = {0, at - now, ticket, 1, 0}
+    decided = true
   end
   if not decided then
-    local holds_flag = 0
-    if holds then
-      holds_flag = 1
-    end
-    if used >= daily_limit then
-      out[#out + 1] = {0, to_midnight, holds_flag, 3, 0}
+    if chat.r > now then
+      out[#out + 1] = {0, chat.r - now, ticket, 1, 0}
+    elseif used >= daily_limit then
+      out[#out + 1] = {0, to_midnight, ticket, 3, 0}
     elseif #live < bot_sends then
       used = used + 1
       live[#live + 1] = now
       sent = sent + 1
       chat.r = now + interval
-      chat.p = math.max(chat.p, chat.r)
+      if ticket > 0 and chat.s <= ticket and ticket < chat.n then
+        chat.s = ticket + 1
+      end
       chat.dirty = true
-      out[#out + 1] = {1, 0, holds_flag, 0, now}
+      out[#out + 1] = {1, 0, ticket, 0, now}
     else
       local turn = math.floor(waiting_on_bot / bot_sends)
       local slot = waiting_on_bot % bot_sends
       waiting_on_bot = waiting_on_bot + 1
       local free_at = live[#live - bot_sends + 1 + slot] + window * (1 + turn)
-      out[#out + 1] = {0, free_at - now, holds_flag, 2, 0}
+      if ticket == 0 then
+        -- A ticket keeps the chat's order while it waits; its place is booked.
+        ticket = chat.n
+        chat.n = ticket + 1
+        chat.dirty = true
+        free_at = book(free_at)
+      end
+      out[#out + 1] = {0, free_at - now, ticket, 2, 0}
     end
   end
+  keep(chat, interval)
 end
 for key, chat in pairs(chats) do
   if chat.dirty then
-    redis.call('HSET', key, 'r', string.format('%d', chat.r), 'p', string.format('%d', chat.p))
-    redis.call('PEXPIRE', key, math.ceil((math.max(chat.r, chat.p) - now) / 1000) + 1000)
+    redis.call('HSET', key, 'r', string.format('%d', chat.r), 's', string.format('%d', chat.s),
+               'n', string.format('%d', chat.n))
+    redis.call('PEXPIRE', key, math.ceil((chat.keep - now) / 1000) + STATE_MARGIN_MS)
   end
+end
+if booked_any then
+  local fields = {'o', string.format('%d', origin), 'end', string.format('%d', last_place)}
+  for bucket in pairs(booked) do
+    fields[#fields + 1] = tostring(bucket)
+    fields[#fields + 1] = tostring(places[bucket])
+  end
+  -- Buckets over before the previous one book nothing any more.
+  local current = math.floor((now - origin) / window)
+  local lo = tonumber(meta[2]) or current
+  if lo < current - 1 then
+    if current - 1 - lo <= 64 then
+      for bucket = lo, current - 2 do
+        redis.call('HDEL', KEYS[3], tostring(bucket))
+      end
+    else
+      for _, name in ipairs(redis.call('HKEYS', KEYS[3])) do
+        local bucket = tonumber(name)
+        if bucket and bucket < current - 1 then
+          redis.call('HDEL', KEYS[3], name)
+        end
+      end
+    end
+    lo = current - 1
+  end
+  fields[#fields + 1] = 'lo'
+  fields[#fields + 1] = string.format('%d', lo)
+  redis.call('HSET', KEYS[3], unpack(fields))
+  redis.call('PEXPIRE', KEYS[3], math.ceil((last_place - now) / 1000) + STATE_MARGIN_MS)
 end
 if sent > 0 then
   redis.call('DEL', KEYS[1])
@@ -428,7 +660,7 @@ if used ~= used_before or not redis.call('GET', KEYS[2]) then
   redis.call('SET', KEYS[2], string.format('%d', used), 'PX', keep_ms)
 end
 return out
-"""
+""".replace("STATE_MARGIN_MS", str(STATE_MARGIN_MS))
 
 CONFIRM_SCRIPT = """\
 -- KEYS[1]     the bot's recent sends (a list, oldest first)
@@ -452,14 +684,15 @@ for i = 2, #KEYS do
   if tonumber(ARGV[base + 2]) >= 2 then
     interval = group_interval
   end
-  local got = redis.call('HMGET', KEYS[i], 'r', 'p')
-  local r = tonumber(got[1]) or 0
-  local p = tonumber(got[2]) or 0
+  local r = tonumber(redis.call('HGET', KEYS[i], 'r')) or 0
   if answered + interval > r then
     r = answered + interval
-    p = math.max(p, r)
-    redis.call('HSET', KEYS[i], 'r', string.format('%d', r), 'p', string.format('%d', p))
-    redis.call('PEXPIRE', KEYS[i], math.ceil((math.max(r, p) - answered) / 1000) + 2000)
+    redis.call('HSET', KEYS[i], 'r', string.format('%d', r))
+    -- Never shortened: a chat's tickets keep it longer.
+    local need = math.ceil((r - answered) / 1000) + 2000
+    if redis.call('PTTL', KEYS[i]) < need then
+      redis.call('PEXPIRE', KEYS[i], need)
+    end
   end
   for j = 1, #stamps do
     if stamps[j] == admitted then
@@ -490,8 +723,10 @@ _LIMITED_BY: dict[int, LimitedBy | None] = {0: None, 1: "chat", 2: "bot", 3: "da
 class RedisOutboundPacer:
     """Pacing shared by every worker through one Redis (or Redis Cluster).
 
-    Keys: `{prefix}:{<connection id>}:bot` and `{prefix}:{<connection id>}:chat:<chat id>`,
-    each expiring once it no longer limits anything. Any Redis failure raises
+    Keys, all of a connection's under its hash tag: `{prefix}:{<connection id>}:bot`
+    (its window), `:cal` (its calendar), `:day:<n>` (the day's
+    count) and `:chat:<chat id>` (a chat's ready moment and tickets), each
+    expiring once it no longer limits anything. Any Redis failure raises
     `RateLimiterUnavailable`; nothing is ever admitted by default.
     """
 
@@ -499,7 +734,7 @@ class RedisOutboundPacer:
         self, redis: RedisClient, limits: PacingLimits | None = None, *, prefix: str = "out"
     ) -> None:
         self._redis = redis
-        self._limits = limits or PacingLimits()
+        self._limits = _Micros.of(limits or PacingLimits())
         self._prefix = prefix
 
     async def admit(
@@ -523,11 +758,11 @@ class RedisOutboundPacer:
             if not isinstance(reply, list) or len(reply) != len(indexes):
                 raise RateLimiterUnavailable("pacing store gave an unexpected reply")
             for index, item in zip(indexes, reply, strict=True):
-                allowed, wait_us, holds, limited_by, admitted_us = (int(value) for value in item)
+                allowed, wait_us, ticket, limited_by, admitted_us = (int(value) for value in item)
                 verdicts[index] = PaceVerdict(
                     allowed == 1,
                     wait_us / MICROSECONDS,
-                    holds == 1,
+                    ticket or None,
                     _LIMITED_BY[limited_by],
                     admitted_us / MICROSECONDS,
                 )
@@ -551,17 +786,15 @@ class RedisOutboundPacer:
     def _bot_key(self, connection_id: uuid.UUID) -> str:
         return f"{self._prefix}:{{{connection_id}}}:bot"
 
+    def _calendar_key(self, connection_id: uuid.UUID) -> str:
+        return f"{self._prefix}:{{{connection_id}}}:cal"
+
     def _chat_key(self, item: PaceRequest | Confirmation) -> str:
         return f"{self._prefix}:{{{item.connection_id}}}:chat:{item.chat_id}"
 
     def _limit_args(self) -> list[int]:
         limits = self._limits
-        return [
-            round(limits.chat_interval * MICROSECONDS),
-            round(limits.group_interval * MICROSECONDS),
-            limits.bot_sends,
-            round(limits.bot_window * MICROSECONDS),
-        ]
+        return [limits.chat_interval, limits.group_interval, limits.bot_sends, limits.window]
 
     def _call(
         self, requests: Sequence[PaceRequest], day: int, counted: int
@@ -570,14 +803,12 @@ class RedisOutboundPacer:
         keys = [
             self._bot_key(connection_id),
             f"{self._prefix}:{{{connection_id}}}:day:{day}",
+            self._calendar_key(connection_id),
             *(self._chat_key(request) for request in requests),
         ]
-        args = [
-            *self._limit_args(),
-            requests[0].daily_limit,
-            counted,
-            *((1 if r.holds_place else 0) + (2 if is_group(r.chat_id) else 0) for r in requests),
-        ]
+        args = [*self._limit_args(), self._limits.grace, requests[0].daily_limit, counted]
+        for request in requests:
+            args += [2 if is_group(request.chat_id) else 0, request.ticket or 0]
         return keys, args
 
     async def _run(

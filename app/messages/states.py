@@ -20,7 +20,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
-    Boolean,
+    BigInteger,
     ColumnElement,
     Integer,
     Row,
@@ -249,15 +249,15 @@ async def claim(
     workers claim disjoint rows without waiting on each other; on SQLite one
     statement is atomic under the database's single writer lock.
     """
-    # Messages whose place in their chat's schedule has come first: they are the
-    # sends due now, while a new message only needs its place. Then the oldest due
-    # and, among messages due at once, in the order they were requested, so a
-    # chat's messages reach the pacer (and Telegram) in order.
+    # Messages holding a ticket in their chat's order first: they are the sends
+    # due now, while a new message only needs its ticket. Then the oldest due and,
+    # among messages due at once, in the order they were requested, so a chat's
+    # messages reach the pacer (and Telegram) in order.
     candidates = (
         select(MESSAGES.c.id)
         .where(claimable(now, due_by))
         .order_by(
-            MESSAGES.c.holds_place.desc(),
+            MESSAGES.c.pacing_ticket.is_(None),
             MESSAGES.c.next_attempt_at,
             MESSAGES.c.created_at,
             MESSAGES.c.id,
@@ -395,14 +395,15 @@ class Deferral:
 
     `attempted` counts a failed attempt (5xx, network), not a wait for pacing or
     for Telegram's rate limit; `error` replaces `last_error` when given;
-    `holds_place` is the pacer's word on its place in its chat's schedule.
+    `ticket` is the pacer's ticket for it in its chat's order (None keeps the one
+    it has, if any).
     """
 
     message_id: uuid.UUID
     until: datetime
     attempted: bool = False
     error: str | None = None
-    holds_place: bool | None = None
+    ticket: int | None = None
 
 
 async def defer(
@@ -426,8 +427,8 @@ async def defer(
             last_error=func.coalesce(
                 bindparam("m_error", type_=MESSAGES.c.last_error.type), MESSAGES.c.last_error
             ),
-            holds_place=func.coalesce(
-                bindparam("m_holds_place", type_=Boolean), MESSAGES.c.holds_place
+            pacing_ticket=func.coalesce(
+                bindparam("m_ticket", type_=BigInteger), MESSAGES.c.pacing_ticket
             ),
             lease_owner=None,
             lease_until=None,
@@ -442,7 +443,7 @@ async def defer(
                 "m_until": item.until,
                 "m_attempted": 1 if item.attempted else 0,
                 "m_error": item.error,
-                "m_holds_place": item.holds_place,
+                "m_ticket": item.ticket,
             }
             for item in deferrals
         ],

@@ -150,7 +150,7 @@ def _pace_key(name: str) -> str:
 
 
 def _shape(verdicts: list[PaceVerdict]) -> list[tuple[bool, float, bool, str | None]]:
-    return [(v.allowed, round(v.wait, 6), v.holds_place, v.limited_by) for v in verdicts]
+    return [(v.allowed, round(v.wait, 6), v.ticket is not None, v.limited_by) for v in verdicts]
 
 
 async def test_the_outbound_pacer_decides_on_a_cluster_as_in_process(
@@ -177,8 +177,15 @@ async def test_the_outbound_pacer_decides_on_a_cluster_as_in_process(
     await pacer.confirm(
         [Confirmation(r.connection_id, r.chat_id, v.admitted_at, 60.0) for r, v in sent]
     )
+    # Each connection's chat 7 serves its first ticket next.
+    next_in_chat_7: dict[uuid.UUID, int | None] = {}
+    for r, v in zip(requests, verdicts, strict=True):
+        if r.chat_id == 7 and v.ticket is not None:
+            next_in_chat_7.setdefault(r.connection_id, v.ticket)
     for connection in connections:
-        [again] = await pacer.admit([PaceRequest(connection, 7, holds_place=True)], counted)
+        [again] = await pacer.admit(
+            [PaceRequest(connection, 7, ticket=next_in_chat_7[connection])], counted
+        )
         assert not again.allowed and again.limited_by == "chat"
         assert 60.0 < again.wait <= 61.0
 

@@ -476,7 +476,7 @@ async def test_a_chats_messages_go_in_order_a_second_apart_and_a_groups_three(
         assert all(gap >= interval for gap in gaps), gaps
 
 
-async def test_a_message_that_must_wait_for_its_chat_waits_in_the_queue_holding_its_place(
+async def test_a_message_that_must_wait_for_its_chat_waits_in_the_queue_holding_its_ticket(
     app_client: httpx.AsyncClient,
     workspace: WorkspaceFixture,
     telegram_double: TelegramDouble,
@@ -508,15 +508,95 @@ async def test_a_message_that_must_wait_for_its_chat_waits_in_the_queue_holding_
         )
     sent, second, third = rows
     assert sent.status == MessageStatus.sent and sent.text == "m0"
-    # The others wait in the database, each with its place in the chat's schedule,
-    # a second apart, without having spent an attempt.
+    # The others wait in the database, each with its ticket in the chat's order,
+    # due a second apart, without having spent an attempt.
     assert [second.status, third.status] == [MessageStatus.queued, MessageStatus.queued]
-    assert second.holds_place and third.holds_place
+    assert second.pacing_ticket is not None and third.pacing_ticket == second.pacing_ticket + 1
     assert second.next_attempt_at is not None and third.next_attempt_at is not None
     assert sent.sent_at is not None and second.next_attempt_at > sent.sent_at
     spacing = (third.next_attempt_at - second.next_attempt_at).total_seconds()
     assert spacing == pytest.approx(1.0, abs=0.01)
     assert second.attempts == 0 and second.lease_owner is None
+
+
+async def test_a_message_that_waits_goes_back_to_the_queue_before_the_batchs_sends_are_answered(
+    app_client: httpx.AsyncClient,
+    workspace: WorkspaceFixture,
+    telegram_double: TelegramDouble,
+    db_engine: AsyncEngine,
+    db_session_factory: async_sessionmaker[AsyncSession],
+    settings: Settings,
+    redis_client: Redis,
+) -> None:
+    """A wait a little over the lookahead could end before a slow batch is recorded;
+    the waiting message is back in the queue (and claimable) while the batch's send
+    is still in flight."""
+    bot, connection_id = await connect(app_client, workspace, telegram_double)
+    first = await request(app_client, workspace, connection_id, chat_id=612, text="first")
+    second = await request(app_client, workspace, connection_id, chat_id=612, text="second")
+    telegram_double.delay_next("sendMessage", 1.5, bot=bot)
+    async with aiohttp.ClientSession() as http:
+        dispatcher = new_dispatcher(
+            db_engine,
+            TelegramClient(http, settings.telegram_api_base, request_timeout=5),
+            fresh_pacer(redis_client),
+        )
+        batch = asyncio.create_task(dispatcher.dispatch_once())
+
+        async def statuses() -> dict[str, str]:
+            async with db_session_factory() as session:
+                rows = await session.execute(select(OutboundMessage.id, OutboundMessage.status))
+                return {str(row.id): row.status for row in rows}
+
+        async def second_back_while_first_in_flight() -> bool:
+            found = await statuses()
+            return found == {
+                first["id"]: MessageStatus.sending,
+                second["id"]: MessageStatus.queued,
+            }
+
+        # While "first" waits for Telegram's (delayed) answer, "second" is queued.
+        await eventually(second_back_while_first_in_flight, "the waiting message released")
+        assert not batch.done()
+        assert await batch == 2
+    assert (await statuses())[first["id"]] == MessageStatus.sent
+    assert [r.text for r in telegram_double.sent_messages(bot)] == ["first"]
+
+
+async def test_a_claim_that_took_long_does_not_make_its_messages_late(
+    app_client: httpx.AsyncClient,
+    workspace: WorkspaceFixture,
+    telegram_double: TelegramDouble,
+    db_engine: AsyncEngine,
+    settings: Settings,
+    redis_client: Redis,
+) -> None:
+    """A message's moment is kept on the monotonic clock as read when the claim
+    began: a claim held up (here by a lock on the table) does not push it back."""
+    _, connection_id = await connect(app_client, workspace, telegram_double)
+    await request(app_client, workspace, connection_id, chat_id=613, text="due soon")
+    async with db_engine.begin() as connection:
+        await connection.execute(
+            update(OutboundMessage).values(next_attempt_at=utcnow() + timedelta(seconds=0.04))
+        )
+    async with aiohttp.ClientSession() as http:
+        dispatcher = new_dispatcher(
+            db_engine,
+            TelegramClient(http, settings.telegram_api_base, request_timeout=5),
+            fresh_pacer(redis_client),
+        )
+        async with db_engine.connect() as blocker:
+            await blocker.exec_driver_sql("BEGIN")
+            await blocker.exec_driver_sql("LOCK TABLE outbound_messages IN EXCLUSIVE MODE")
+            started = asyncio.get_running_loop().time()
+            claiming = asyncio.create_task(dispatcher._claim())
+            await asyncio.sleep(0.5)
+            await blocker.exec_driver_sql("COMMIT")
+        batch = await claiming
+        assert batch is not None and len(batch.candidates) == 1
+        # Due about 40 ms after the claim began, not after it ended (0.5 s later).
+        assert batch.candidates[0].due - started < 0.2
+        await dispatcher._finish(batch)
 
 
 def _business_message(update_id: int) -> dict[str, Any]:
