@@ -254,6 +254,7 @@ class BackendApp:
     backend: str
     client: httpx.AsyncClient
     workspace: WorkspaceFixture
+    engine: AsyncEngine
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])
@@ -272,4 +273,4 @@ async def backend_app(
         settings = settings.model_copy(update={"database_url": url, "redis_url": None})
     async with running_app(settings) as (app, client):
         workspace = await new_workspace(app.state.runtime.session_factory)
-        yield BackendApp(request.param, client, workspace)
+        yield BackendApp(request.param, client, workspace, app.state.runtime.engine)

@@ -409,9 +409,23 @@ class Deferral:
 async def defer(
     connection: AsyncConnection, owner: str, deferrals: Sequence[Deferral], at: datetime
 ) -> None:
-    """sending -> queued for each deferral still under `owner`'s lease (one statement,
-    executed for every row)."""
+    """sending -> queued for each deferral still under `owner`'s lease (one statement:
+    on PostgreSQL over arrays of the deferrals, elsewhere executed for every row)."""
     if not deferrals:
+        return
+    if connection.dialect.name == "postgresql":
+        await connection.exec_driver_sql(
+            _DEFER_POSTGRES,
+            (
+                [item.message_id for item in deferrals],
+                [item.until for item in deferrals],
+                [1 if item.attempted else 0 for item in deferrals],
+                [item.error for item in deferrals],
+                [item.ticket for item in deferrals],
+                at,
+                owner,
+            ),
+        )
         return
     stmt = (
         update(MESSAGES)
@@ -448,6 +462,18 @@ async def defer(
             for item in deferrals
         ],
     )
+
+
+_DEFER_POSTGRES = """
+UPDATE outbound_messages AS m SET
+    status = 'queued', next_attempt_at = v.until, attempts = m.attempts + v.attempted,
+    last_error = COALESCE(v.error, m.last_error),
+    pacing_ticket = COALESCE(v.ticket, m.pacing_ticket),
+    lease_owner = NULL, lease_until = NULL, updated_at = $6
+FROM unnest($1::uuid[], $2::timestamptz[], $3::int[], $4::text[], $5::bigint[])
+    AS v(id, until, attempted, error, ticket)
+WHERE m.id = v.id AND m.status = 'sending' AND m.lease_owner = $7
+"""
 
 
 async def release_claims(connection: AsyncConnection, owner: str, at: datetime) -> int:

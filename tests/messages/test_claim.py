@@ -1,4 +1,5 @@
-"""`states.claim` on PostgreSQL: a claim takes at most `limit` messages."""
+"""`states.claim` on PostgreSQL: a claim takes at most `limit` messages; and
+`states.defer`, on both backends."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.db import utcnow
 from app.messages import states
 from app.messages.models import MessageStatus
-from tests.conftest import WorkspaceFixture
+from tests.conftest import BackendApp, WorkspaceFixture
 from tests.messages.test_dispatcher import connect, request
 from tests.telegram_double.double import TelegramDouble
 
@@ -38,3 +39,59 @@ async def test_a_claim_takes_no_more_than_its_limit_and_the_next_takes_the_rest(
     assert len(second) == 3
     assert not {row.id for row in first} & {row.id for row in second}
     assert queued == 0
+
+
+async def test_deferring_puts_claimed_messages_back_with_what_each_deferral_says(
+    backend_app: BackendApp, telegram_double: TelegramDouble
+) -> None:
+    client, workspace = backend_app.client, backend_app.workspace
+    _, connection_id = await connect(client, workspace, telegram_double)
+    for n in range(4):
+        await request(client, workspace, connection_id, chat_id=800, text=f"m{n}")
+    now = utcnow()
+    async with backend_app.engine.begin() as connection:
+        claimed = await states.claim(
+            connection, owner="a", now=now, lease_until=now + timedelta(minutes=1), limit=3
+        )
+    paced, failed, kept = sorted(claimed, key=lambda row: row.text)
+    later = now + timedelta(seconds=30)
+    async with backend_app.engine.begin() as connection:
+        await states.defer(
+            connection,
+            "a",
+            [
+                states.Deferral(paced.id, later, ticket=41),
+                states.Deferral(failed.id, later, attempted=True, error="Bad Gateway"),
+                states.Deferral(kept.id, later, ticket=None),
+            ],
+            now,
+        )
+        # Not this owner's: untouched.
+        await states.defer(connection, "b", [states.Deferral(kept.id, now, ticket=7)], now)
+        rows = {
+            row.id: row
+            for row in (
+                await connection.execute(
+                    select(states.MESSAGES).where(
+                        states.MESSAGES.c.id.in_([paced.id, failed.id, kept.id])
+                    )
+                )
+            ).all()
+        }
+    assert {row.status for row in rows.values()} == {MessageStatus.queued}
+    assert all(row.next_attempt_at == later for row in rows.values())
+    assert all(row.lease_owner is None and row.lease_until is None for row in rows.values())
+    assert (rows[paced.id].pacing_ticket, rows[paced.id].attempts) == (41, 0)
+    assert (rows[failed.id].attempts, rows[failed.id].last_error) == (1, "Bad Gateway")
+    assert rows[failed.id].pacing_ticket is None
+    assert (rows[kept.id].pacing_ticket, rows[kept.id].last_error) == (None, None)
+    # A later deferral without a ticket keeps the one the message has.
+    async with backend_app.engine.begin() as connection:
+        [again] = await states.claim(
+            connection, owner="c", now=later, lease_until=later + timedelta(minutes=1), limit=1
+        )
+        await states.defer(connection, "c", [states.Deferral(again.id, later)], later)
+        ticket = await connection.scalar(
+            select(states.MESSAGES.c.pacing_ticket).where(states.MESSAGES.c.id == again.id)
+        )
+    assert again.id == paced.id and ticket == 41
