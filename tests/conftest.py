@@ -51,7 +51,26 @@ pytest_plugins = ["tests.leaks.plugin"]
 TEST_DATABASE_URL = os.environ.get(
     "TEST_DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
 )
-TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/14")
+
+
+def _redis_url_of_this_process(base: str) -> str:
+    """Each pytest-xdist worker process flushes a Redis database of its own: the base
+    URL's (default 14) for the first, and one below the next free index for each
+    other (12, 11, ...: 13 and 15 are the benches' and the rate-limit tests')."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    number = int(worker.removeprefix("gw")) if worker.startswith("gw") else 0
+    if number == 0:
+        return base
+    url = make_url(base)
+    index = int(url.database or 0) - number
+    if index <= 13 < index + number:
+        index -= 1
+    return url.set(database=str(index)).render_as_string(hide_password=False)
+
+
+TEST_REDIS_URL = _redis_url_of_this_process(
+    os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/14")
+)
 TEST_VAULT_KEYS = "test1:" + "A" * 42 + "Q"  # 32 zero-ish bytes; a fixed key for tests only
 PUBLIC_BASE_URL = "https://integrations.example.com"
 

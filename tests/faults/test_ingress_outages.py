@@ -23,6 +23,9 @@ from tests.telegram_double.double import TelegramDouble
 from tests.telegram_double.fixtures import load_update
 from tests.telegram_double.state import FakeBot
 
+# Services stopped and started: nothing else runs beside them (see pyproject markers).
+pytestmark = pytest.mark.exclusive
+
 
 @pytest.fixture
 def own_redis(tmp_path: Path) -> Iterator[RedisProcess]:

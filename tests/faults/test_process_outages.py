@@ -29,6 +29,9 @@ from tests.telegram_double.state import FakeBot
 from tests.test_pipeline_processes import run_cli
 from tests.waiting import eventually
 
+# Services stopped and started: nothing else runs beside them (see pyproject markers).
+pytestmark = pytest.mark.exclusive
+
 MESSAGES = 90  # three seconds of one bot's pace: the outage comes mid-backlog
 
 

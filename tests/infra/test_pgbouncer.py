@@ -42,6 +42,9 @@ from tests.messages.test_dispatcher import connect, reaches, request
 from tests.telegram_double.double import TelegramDouble
 from tests.telegram_double.fixtures import load_update
 
+# A PgBouncer of its own, under concurrent load: run alone (see pyproject markers).
+pytestmark = pytest.mark.exclusive
+
 # More at once than PgBouncer has server connections: clients must share them.
 CONCURRENT = 12
 ROUNDS = 3

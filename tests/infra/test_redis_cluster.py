@@ -44,6 +44,9 @@ from tests.ratelimit._support import free_port
 from tests.telegram_double.double import TelegramDouble
 from tests.telegram_double.fixtures import load_update
 
+# A Redis Cluster on ports of a fixed range: run alone (see pyproject markers).
+pytestmark = pytest.mark.exclusive
+
 # Refills one token an hour: within a test, what is admitted is what the burst holds.
 SLOW = RateLimit(rate=1, period=3600, burst=20)
 

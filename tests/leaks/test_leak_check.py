@@ -122,7 +122,7 @@ def test_something_that_prints_a_secret():
 """
 
 
-def run_inner_session(scratch: Path, output: str) -> subprocess.CompletedProcess[str]:
+def run_inner_session(scratch: Path, output: str, *extra: str) -> subprocess.CompletedProcess[str]:
     project = scratch / "project"
     project.mkdir()
     (project / "pytest.ini").write_text("[pytest]\n")
@@ -149,6 +149,7 @@ def run_inner_session(scratch: Path, output: str) -> subprocess.CompletedProcess
             str(project),
             "--basetemp",
             str(scratch / "inner-basetemp"),
+            *extra,
             str(project),
         ],
         cwd=project,
@@ -167,6 +168,25 @@ def test_a_secret_in_a_tests_output_fails_the_whole_run(scratch: Path) -> None:
     assert result.returncode == pytest.ExitCode.TESTS_FAILED, result.stdout + result.stderr
     assert "secret-leak check FAILED" in result.stdout
     assert "bot_token in" in result.stdout
+
+
+@pytest.mark.timeout(180)
+def test_a_secret_in_a_worker_processs_output_fails_the_whole_run(scratch: Path) -> None:
+    """Under pytest-xdist (as `make test` runs): the worker that ran the test found
+    the secret, and the controller, whose status `make test` sees, fails."""
+    result = run_inner_session(scratch, "connecting with {token}", "-p", "xdist", "-n", "2")
+    assert "1 passed" in result.stdout, result.stdout + result.stderr
+    assert result.returncode == pytest.ExitCode.TESTS_FAILED, result.stdout + result.stderr
+    assert "secret-leak check FAILED" in result.stdout
+    assert "bot_token in" in result.stdout
+
+
+@pytest.mark.timeout(180)
+def test_a_run_without_leaks_passes_on_worker_processes_too(scratch: Path) -> None:
+    result = run_inner_session(scratch, "connecting with a token", "-p", "xdist", "-n", "2")
+    assert result.returncode == pytest.ExitCode.OK, result.stdout + result.stderr
+    assert "secret-leak check: 1 secrets, none found" in result.stdout
+    assert "2 worker processes" in result.stdout
 
 
 @pytest.mark.timeout(180)

@@ -25,6 +25,9 @@ from tests.ingress.helpers import stored_update_ids
 from tests.telegram_double.double import TelegramDouble
 from tests.waiting import eventually
 
+# Replicas under load share the machine with nothing else (see pyproject markers).
+pytestmark = pytest.mark.exclusive
+
 RATE, BURST = 5, 40
 
 

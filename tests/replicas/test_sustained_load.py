@@ -39,6 +39,7 @@ BASE_UPDATE_ID = 1_000_000
 
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.exclusive,
     pytest.mark.timeout(SECONDS + 240),
     pytest.mark.skipif(not LOADGEN.exists(), reason="needs bench/loadgen.py"),
 ]
