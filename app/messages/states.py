@@ -255,6 +255,7 @@ CLAIMED_COLUMNS = [
         "attempts",
         "next_attempt_at",
         "pacing_ticket",
+        "created_at",
     )
 ]
 
@@ -314,7 +315,16 @@ async def claim(
         )
         .returning(*CLAIMED_COLUMNS)
     )
-    return (await connection.execute(stmt)).all()
+    # RETURNING comes in the order rows were updated, which is the table's physical
+    # order, not the candidates': the pacer decides in the order it is given, so a
+    # chat's messages would otherwise go out of order.
+    return sorted((await connection.execute(stmt)).all(), key=_claim_order)
+
+
+def _claim_order(row: Row[Any]) -> tuple[bool, datetime, datetime, uuid.UUID]:
+    """The candidates' order (see `claim`): ticket holders first, then due first."""
+    due = row.next_attempt_at or row.created_at
+    return (row.pacing_ticket is None, due, row.created_at, row.id)
 
 
 def _held(message_id: uuid.UUID, owner: str) -> ColumnElement[bool]:

@@ -3,10 +3,11 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import timedelta
 
 import httpx
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db import utcnow
@@ -95,3 +96,32 @@ async def test_deferring_puts_claimed_messages_back_with_what_each_deferral_says
             select(states.MESSAGES.c.pacing_ticket).where(states.MESSAGES.c.id == again.id)
         )
     assert again.id == paced.id and ticket == 41
+
+
+async def test_a_claim_returns_its_messages_in_the_order_they_are_due(
+    backend_app: BackendApp, telegram_double: TelegramDouble
+) -> None:
+    """Ticket holders first, then the earliest due, whatever order the rows lie in
+    (the pacer decides in the order it is given: a chat's messages keep theirs)."""
+    client, workspace = backend_app.client, backend_app.workspace
+    _, connection_id = await connect(client, workspace, telegram_double)
+    ids = [
+        (await request(client, workspace, connection_id, chat_id=900, text=f"m{n}"))["id"]
+        for n in range(5)
+    ]
+    now = utcnow()
+    # Due in the opposite order of creation, and the last-created holds a ticket.
+    async with backend_app.engine.begin() as connection:
+        for n, message_id in enumerate(ids):
+            await connection.execute(
+                update(states.MESSAGES)
+                .where(states.MESSAGES.c.id == uuid.UUID(message_id))
+                .values(
+                    next_attempt_at=now - timedelta(seconds=n),
+                    pacing_ticket=7 if n == 4 else None,
+                )
+            )
+        claimed = await states.claim(
+            connection, owner="a", now=now, lease_until=now + timedelta(minutes=1), limit=10
+        )
+    assert [row.text for row in claimed] == ["m4", "m3", "m2", "m1", "m0"]
