@@ -9,7 +9,7 @@ from sqlalchemy import Table, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from app.audit.models import AuditEvent
-from app.db import new_id
+from app.db import insert_many, new_id
 from app.pagination import PageParams, keyset
 
 AUDIT: Table = AuditEvent.__table__  # type: ignore[assignment]
@@ -45,8 +45,7 @@ async def record_many(
     executor: AsyncSession | AsyncConnection, rows: list[dict[str, object]]
 ) -> None:
     """Several audit rows at once (the dispatcher's outcomes of one batch)."""
-    if rows:
-        await executor.execute(insert(AUDIT), [{"id": new_id(), **row} for row in rows])
+    await insert_many(executor, AUDIT, [{"id": new_id(), **row} for row in rows])
 
 
 class AuditRepository:

@@ -25,10 +25,9 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from sqlalchemy import Table, bindparam, insert, select, text, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from app.db import new_id
+from app.db import insert_many, new_id
 from app.inbox.models import Conversation, ConversationMessage
 from app.inbox.statements import (
     ACTIVITY_REFRESH_SECONDS,
@@ -473,9 +472,13 @@ async def record_outbound_sent(
         row_id = conversation_id(item.connection_id, key)
         found[item.outbound_message_id] = row_id
         conversations.setdefault(row_id, _conversation_row(item, key, row_id))
-    await _insert_missing(executor, CONVERSATIONS_TABLE, list(conversations.values()))
-    await executor.execute(
-        insert(MESSAGES_TABLE),
+    # Ingress (or another worker) may be creating the same conversation at this moment.
+    await insert_many(
+        executor, CONVERSATIONS_TABLE, list(conversations.values()), skip_existing=True
+    )
+    await insert_many(
+        executor,
+        MESSAGES_TABLE,
         [
             _outbound_row(
                 outbound_message_id=item.outbound_message_id,
@@ -512,16 +515,6 @@ def _conversation_row(item: SentOutbound, key: str, row_id: uuid.UUID) -> dict[s
 
 def _dialect_name(executor: AsyncSession | AsyncConnection) -> str:
     return (executor.bind if isinstance(executor, AsyncSession) else executor).dialect.name
-
-
-async def _insert_missing(
-    executor: AsyncSession | AsyncConnection, table: Table, rows: list[dict[str, Any]]
-) -> None:
-    """Insert the rows that do not exist yet; ingress (or another worker) may be
-    creating the same conversation at this moment."""
-    build = postgresql.insert if _dialect_name(executor) == "postgresql" else sqlite.insert
-    # Rows as parameters, not as VALUES: the statement compiles once, however many.
-    await executor.execute(build(table).on_conflict_do_nothing(), rows)
 
 
 def conversation_for_chat(connection_id: uuid.UUID, chat_id: int) -> uuid.UUID:
@@ -597,8 +590,9 @@ async def record_outbound_many(
     """`record_outbound` for many messages at once (a broadcast's): one statement."""
     if not shown:
         return
-    await executor.execute(
-        insert(MESSAGES_TABLE),
+    await insert_many(
+        executor,
+        MESSAGES_TABLE,
         [
             _outbound_row(
                 outbound_message_id=item.outbound_message_id,

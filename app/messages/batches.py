@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import BigInteger, ColumnElement, cast, func, insert, literal, select, update
+from sqlalchemy import BigInteger, ColumnElement, cast, func, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db import new_id
+from app.db import insert_many, new_id
 from app.inbox.recording import OutboundShown, record_outbound_many, set_outbound_status
 from app.messages.models import MessageStatus
 from app.messages.states import MESSAGES, Decision
@@ -122,9 +122,7 @@ async def add(
                 "updated_at": at,
             }
         )
-    # Rows as parameters of one statement: SQLAlchemy sends them as a few
-    # multi-row INSERTs.
-    await session.execute(insert(MESSAGES), rows)
+    await insert_many(session, MESSAGES, rows)
     await record_outbound_many(
         session,
         [
