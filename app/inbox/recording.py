@@ -424,15 +424,31 @@ class SentOutbound:
     sent_at: datetime
 
 
+async def open_conversations(
+    executor: AsyncSession | AsyncConnection, sent: Sequence[SentOutbound]
+) -> None:
+    """The conversations of messages sent by chat id, where there are none yet: the
+    conversation of the chat Telegram answered with (`conversation_for_chat`, which
+    the messages domain records on each message). Ingress (or another worker) may be
+    creating the same conversation at this moment: an existing one is left as is."""
+    conversations: dict[uuid.UUID, dict[str, Any]] = {}
+    for item in sent:
+        if item.conversation_id is None:
+            key = ConversationKey(chat_id=item.chat_id).encode()
+            row_id = conversation_id(item.connection_id, key)
+            conversations.setdefault(row_id, _conversation_row(item, key, row_id))
+    await insert_many(
+        executor, CONVERSATIONS_TABLE, list(conversations.values()), skip_existing=True
+    )
+
+
 async def record_outbound_sent(
     executor: AsyncSession | AsyncConnection, sent: Sequence[SentOutbound]
-) -> dict[uuid.UUID, uuid.UUID]:
-    """Record Telegram's message ids; a message whose conversation was unknown gets
-    its conversation (by the chat Telegram answered with) and its inbox row now.
+) -> None:
+    """Record Telegram's message ids in the inbox; a message sent by chat id gets its
+    inbox row now, in the conversation `open_conversations` opened.
 
-    A batch costs a few statements, however many messages it holds. Returns the
-    conversation id of each message whose conversation was created or found here,
-    for the messages domain to remember.
+    A batch costs a few statements, however many messages it holds.
     """
     known = [item for item in sent if item.conversation_id is not None]
     if known and _dialect_name(executor) == "postgresql":
@@ -462,20 +478,6 @@ async def record_outbound_sent(
                 for item in known
             ],
         )
-    unknown = [item for item in sent if item.conversation_id is None]
-    if not unknown:
-        return {}
-    found: dict[uuid.UUID, uuid.UUID] = {}
-    conversations: dict[uuid.UUID, dict[str, Any]] = {}
-    for item in unknown:
-        key = ConversationKey(chat_id=item.chat_id).encode()
-        row_id = conversation_id(item.connection_id, key)
-        found[item.outbound_message_id] = row_id
-        conversations.setdefault(row_id, _conversation_row(item, key, row_id))
-    # Ingress (or another worker) may be creating the same conversation at this moment.
-    await insert_many(
-        executor, CONVERSATIONS_TABLE, list(conversations.values()), skip_existing=True
-    )
     await insert_many(
         executor,
         MESSAGES_TABLE,
@@ -484,16 +486,16 @@ async def record_outbound_sent(
                 outbound_message_id=item.outbound_message_id,
                 workspace_id=item.workspace_id,
                 connection_id=item.connection_id,
-                conversation_id=found[item.outbound_message_id],
+                conversation_id=conversation_for_chat(item.connection_id, item.chat_id),
                 text=item.text,
                 status="sent",
                 telegram_message_id=item.telegram_message_id,
                 at=item.sent_at,
             )
-            for item in unknown
+            for item in sent
+            if item.conversation_id is None
         ],
     )
-    return found
 
 
 def _conversation_row(item: SentOutbound, key: str, row_id: uuid.UUID) -> dict[str, Any]:

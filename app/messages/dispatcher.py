@@ -65,7 +65,14 @@ from app.connections.credentials import ConnectionCredentials
 from app.connections.repository import not_sending, pause_outbound, senders
 from app.connections.status import UNAUTHORIZED_HINT
 from app.db import utcnow
-from app.inbox.recording import SentOutbound, move_chat, record_outbound_sent, set_outbound_status
+from app.inbox.recording import (
+    SentOutbound,
+    conversation_for_chat,
+    move_chat,
+    open_conversations,
+    record_outbound_sent,
+    set_outbound_status,
+)
 from app.messages import states
 from app.messages.models import MessageStatus, telegram_chat_id
 from app.messages.pacing import Confirmation, OutboundPacer, PaceRequest
@@ -613,16 +620,27 @@ class Dispatcher:
     async def _record_in(
         self, connection: AsyncConnection, outcomes: _Outcomes, now: datetime
     ) -> None:
+        sent = [(row, _sent_outbound(row, answer, now)) for row, answer in outcomes.sent]
+        # Before the messages name them: a message sent by chat id belongs to the
+        # conversation of the chat Telegram answered with.
+        await open_conversations(connection, [item for _, item in sent])
         held = await states.mark_sent(
-            connection, self._owner, [(row.id, sent.message_id) for row, sent in outcomes.sent], now
+            connection,
+            self._owner,
+            [
+                states.Sent(
+                    item.outbound_message_id,
+                    item.telegram_message_id,
+                    item.conversation_id or conversation_for_chat(item.connection_id, item.chat_id),
+                )
+                for _, item in sent
+            ],
+            now,
         )
         # A message whose lease ran out (another worker has it) is its to record.
-        sent = [(row, answer) for row, answer in outcomes.sent if row.id in held]
+        sent = [(row, item) for row, item in sent if row.id in held]
         if sent:
-            found = await record_outbound_sent(
-                connection, [_sent_outbound(row, answer, now) for row, answer in sent]
-            )
-            await states.set_conversations(connection, found)
+            await record_outbound_sent(connection, [item for _, item in sent])
             await record_many(connection, [_audit(row, "sent", now) for row, _ in sent])
         await states.defer(connection, self._owner, outcomes.deferred, now)
         for failure in outcomes.failed:

@@ -335,34 +335,42 @@ def _held(message_id: uuid.UUID, owner: str) -> ColumnElement[bool]:
     )
 
 
+@dataclass(frozen=True)
+class Sent:
+    """A message Telegram accepted: its Telegram id, and its conversation (the one
+    it was addressed to, or the one of the chat Telegram answered with)."""
+
+    message_id: uuid.UUID
+    telegram_message_id: int
+    conversation_id: uuid.UUID
+
+
 async def mark_sent(
-    connection: AsyncConnection,
-    owner: str,
-    sent: Sequence[tuple[uuid.UUID, int]],
-    at: datetime,
+    connection: AsyncConnection, owner: str, sent: Sequence[Sent], at: datetime
 ) -> set[uuid.UUID]:
-    """sending -> sent for each (message, Telegram message id) still under `owner`'s
-    lease; returns those. One whose lease ran out is another worker's to record."""
+    """sending -> sent for each message still under `owner`'s lease, with its
+    Telegram id and conversation; returns those. One whose lease ran out is another
+    worker's to record."""
     if not sent:
         return set()
     if connection.dialect.name == "postgresql":
         rows = await connection.exec_driver_sql(
             _MARK_SENT_POSTGRES,
             (
-                [message_id for message_id, _ in sent],
-                [telegram_id for _, telegram_id in sent],
+                [item.message_id for item in sent],
+                [item.telegram_message_id for item in sent],
                 at,
                 owner,
+                [item.conversation_id for item in sent],
             ),
         )
         return {row[0] for row in rows}
-    ids = [message_id for message_id, _ in sent]
     held = set(
         (
             await connection.execute(
                 update(MESSAGES)
                 .where(
-                    MESSAGES.c.id.in_(ids),
+                    MESSAGES.c.id.in_([item.message_id for item in sent]),
                     MESSAGES.c.status == MessageStatus.sending,
                     MESSAGES.c.lease_owner == owner,
                 )
@@ -380,15 +388,23 @@ async def mark_sent(
         ).scalars()
     )
     if held:
-        # Each row its own Telegram id: one statement, executed for every row.
+        # Each row its own Telegram id and conversation: one statement, executed
+        # for every row.
         await connection.execute(
             update(MESSAGES)
             .where(MESSAGES.c.id == bindparam("m_id"))
-            .values(telegram_message_id=bindparam("m_telegram_id")),
+            .values(
+                telegram_message_id=bindparam("m_telegram_id"),
+                conversation_id=bindparam("m_conversation_id"),
+            ),
             [
-                {"m_id": message_id, "m_telegram_id": telegram_id}
-                for message_id, telegram_id in sent
-                if message_id in held
+                {
+                    "m_id": item.message_id,
+                    "m_telegram_id": item.telegram_message_id,
+                    "m_conversation_id": item.conversation_id,
+                }
+                for item in sent
+                if item.message_id in held
             ],
         )
     return held
@@ -401,8 +417,8 @@ _MARK_SENT_POSTGRES = """
 UPDATE outbound_messages AS m SET
     status = 'sent', telegram_message_id = v.telegram_message_id, sent_at = $3,
     attempts = m.attempts + 1, last_error = NULL, lease_owner = NULL, lease_until = NULL,
-    updated_at = $3
-FROM unnest($1::uuid[], $2::bigint[]) AS v(id, telegram_message_id)
+    conversation_id = v.conversation_id, updated_at = $3
+FROM unnest($1::uuid[], $2::bigint[], $5::uuid[]) AS v(id, telegram_message_id, conversation_id)
 WHERE m.id = v.id AND m.status = 'sending' AND m.lease_owner = $4
 RETURNING m.id
 """
@@ -538,37 +554,6 @@ async def cancel_unsent_of_deleted_connection(
     await cancel_for_connection(
         session, connection_id, Decision(actor_token_id=actor_token_id, at=utcnow())
     )
-
-
-async def set_conversations(
-    connection: AsyncConnection, conversations: dict[uuid.UUID, uuid.UUID]
-) -> None:
-    """Messages sent by chat id now have the conversation their chat answered with
-    (one statement: on PostgreSQL over arrays, elsewhere executed for every row)."""
-    if not conversations:
-        return
-    if connection.dialect.name == "postgresql":
-        await connection.exec_driver_sql(
-            _SET_CONVERSATIONS_POSTGRES,
-            (list(conversations.keys()), list(conversations.values())),
-        )
-        return
-    await connection.execute(
-        update(MESSAGES)
-        .where(MESSAGES.c.id == bindparam("m_id"))
-        .values(conversation_id=bindparam("m_conversation_id")),
-        [
-            {"m_id": message_id, "m_conversation_id": conversation_id}
-            for message_id, conversation_id in conversations.items()
-        ],
-    )
-
-
-_SET_CONVERSATIONS_POSTGRES = """
-UPDATE outbound_messages AS m SET conversation_id = v.conversation_id
-FROM unnest($1::uuid[], $2::uuid[]) AS v(id, conversation_id)
-WHERE m.id = v.id
-"""
 
 
 async def move_chat(
