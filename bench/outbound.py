@@ -667,6 +667,28 @@ def spacing_beyond_limits(
     return beyond
 
 
+def window_beyond_limit(
+    sends: Sequence[Sequence[Any]], since: float, bots: set[int]
+) -> list[float]:
+    """For every send of `bots` (bots their own 30/s limits) after `since`: how long
+    after the 30th send before it it came, beyond the window's second. What a bot
+    loses per send between a place in its window coming free and being used again."""
+    by_bot: dict[int, list[float]] = defaultdict(list)
+    for bot, _chat, at in sends:
+        if bot in bots:
+            by_bot[bot].append(at)
+    beyond = []
+    for times in by_bot.values():
+        times.sort()
+        window = int(BOT_RATE)
+        beyond += [
+            times[i] - times[i - window] - 1.0
+            for i in range(window, len(times))
+            if times[i - window] >= since
+        ]
+    return beyond
+
+
 def _ms_summary(values: Sequence[float]) -> str:
     if not values:
         return "none"
@@ -750,6 +772,9 @@ def part_pacing(
     )
     chat_limited = {seeded.bots[i].bot_id for i in range(len(plans)) if i % 10 != 0}
     beyond = spacing_beyond_limits(accepted, steady_from, chat_limited)
+    bot_limited = {seeded.bots[i].bot_id for i in range(len(plans)) if i % 10 == 0}
+    window = window_beyond_limit(accepted, steady_from, bot_limited)
+    print(f"30/s bots, each send after the 30th before it, beyond 1 s: {_ms_summary(window)}")
     print("5/s bots, each chat's sends: how far apart beyond the chat's interval")
     print(f"  private chats (1 s): {_ms_summary(beyond['chat'])}")
     print(f"  groups (3 s):        {_ms_summary(beyond['group'])}")
