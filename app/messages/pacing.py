@@ -26,18 +26,21 @@ answers' moments the same way. No margin is needed (`PacingLimits`).
 messages waiting already) takes the chat's next ticket, and a chat serves its
 tickets in order: its messages go in the order they were asked about. The
 message waits in the database until about its turn (`next_attempt_at`) and keeps
-its ticket on its row (`pacing_ticket`). Its turn is estimated from the chat's
-ready moment and an interval for each ticket before it. That is a little early
-(each send before it also waits for its answer), never late, so the chat never
-waits for a message still in the database: a ticket that comes back early is
-told its turn again from the chat's state then (at most a few milliseconds off
-for the next in line, which waits for it in the worker), so an estimate's error
-never adds up over a long backlog, and no two messages of a chat are told the
-same moment. A ticket whose messages before it never come (cancelled, or lost
-with a worker) waits for them at most `ticket_grace` past its estimate, then the
-chat serves it and skips them. A ticket the chat's state did not give (Redis
-lost its state, or the in-process pacer restarted) is served as soon as the
-chat may receive.
+its ticket on its row (`pacing_ticket`); the chat remembers the moment each
+waiting ticket was told. A ticket's turn is estimated from the moment the ticket
+before it was told, or the chat's ready moment, and an interval for each ticket
+between. That is a little early (each send before it also waits for its answer),
+never late, so the chat never waits for a message still in the database: a ticket
+that comes back early is told its turn again from the chat's state then (at most
+a few milliseconds off for the next in line, which waits for it in the worker), so
+an estimate's error never adds up over a long backlog, and no two messages of a
+chat are told the same moment. A ticket is served before the ones ahead of it only
+when each of those is `ticket_grace` past the moment it was last told and has not
+come (cancelled, or lost with a worker); one that keeps coming back (waiting on the
+bot's window, say) is never passed. A ticket the chat's state did not give (Redis
+lost its state, or the in-process pacer restarted) is served as soon as the chat
+may receive. A chat's state is kept until its last ticket's turn and grace are
+over.
 
 **The bot's calendar.** Where a ticket's estimate is made (and where a message
 finds the bot's window full), the moment is also booked in the bot's calendar:
@@ -96,8 +99,9 @@ class PacingLimits:
     interval after that answer, arrives more than an interval after the previous
     one arrived, whatever the network's jitter; likewise for the bot's window.
 
-    `ticket_grace`: how long past its estimated turn a ticket waits for tickets
-    before it that do not come (see the module docstring).
+    `ticket_grace`: how long past the moment it was told a waiting ticket may stay
+    away before the tickets after it are served without it (see the module
+    docstring).
     """
 
     chat_interval: float = 1.0
@@ -228,8 +232,14 @@ class _Chat:
     ready_at: int = 0
     serving: int = 0
     next_ticket: int = 0
+    # The moment each waiting ticket was last told to come back.
+    told: dict[int, int] = field(default_factory=dict)
     # Until when the state means something (for forgetting it).
     keep_until: int = 0
+
+    def waits(self, ticket: int | None) -> bool:
+        """`ticket` is one this chat gave and has not served."""
+        return ticket is not None and self.serving <= ticket < self.next_ticket
 
 
 @dataclass
@@ -357,6 +367,12 @@ class LocalOutboundPacer:
         def waits(micros: int, ticket: int | None, limited_by: LimitedBy) -> PaceVerdict:
             return PaceVerdict(False, micros / MICROSECONDS, ticket, limited_by)
 
+        def tell(chat: _Chat, ticket: int | None, moment: int) -> None:
+            """What a waiting ticket was told: its turn as known now."""
+            if ticket is not None and chat.waits(ticket):
+                chat.told[ticket] = moment
+                chat.keep_until = max(chat.keep_until, moment + limits.grace)
+
         for request in requests:
             key = (connection_id, str(request.chat_id))
             chat = self._chats.get(key)
@@ -364,39 +380,56 @@ class LocalOutboundPacer:
                 chat = self._chats[key] = _Chat(0, first_ticket, first_ticket)
             interval = limits.interval(request.chat_id)
             ticket = request.ticket
-            if ticket is not None and chat.serving < ticket < chat.next_ticket:
-                # Tickets before it are still to go.
-                estimate = chat.ready_at + (ticket - chat.serving) * interval
-                if now < estimate + limits.grace:
-                    # Past its estimate, it looks again each interval until the grace ends.
+            if ticket is not None and chat.waits(ticket):
+                # The tickets before it that are overdue by the grace are gone
+                # (cancelled, or lost with a worker): the chat serves on without them.
+                while chat.serving < ticket:
+                    told = chat.told.get(chat.serving)
+                    if told is not None and now < told + limits.grace:
+                        break
+                    chat.told.pop(chat.serving, None)
+                    chat.serving += 1
+                if chat.serving < ticket:
+                    # Its turn comes after the next ticket's, and the ones between.
+                    head = chat.told[chat.serving]
+                    estimate = max(chat.ready_at, head) + (ticket - chat.serving) * interval
                     wait = (
                         estimate - now
                         if estimate > now
-                        else min(interval, estimate + limits.grace - now)
+                        else min(interval, head + limits.grace - now)
                     )
+                    tell(chat, ticket, now + wait)
                     verdicts.append(waits(wait, ticket, "chat"))
-                    self._keep(chat, now, interval)
                     continue
-                # They did not come: this one is served, and they after it.
-                chat.serving = ticket
             elif ticket is None and (chat.next_ticket > chat.serving or chat.ready_at > now):
-                # Others wait in this chat, or it may not receive yet: the next ticket.
+                # Others wait in this chat, or it may not receive yet: the next ticket,
+                # due an interval after the one before it, booked in the calendar.
                 ticket = chat.next_ticket
                 chat.next_ticket += 1
-                estimate = max(chat.ready_at, now) + (ticket - chat.serving) * interval
-                verdicts.append(waits(calendar.book(estimate) - now, ticket, "chat"))
-                self._keep(chat, now, interval)
+                estimate = max(chat.ready_at, now)
+                if ticket > chat.serving:
+                    estimate = max(
+                        estimate + (ticket - chat.serving) * interval,
+                        chat.told.get(ticket - 1, estimate) + interval,
+                    )
+                at = calendar.book(estimate)
+                tell(chat, ticket, at)
+                verdicts.append(waits(at - now, ticket, "chat"))
                 continue
             # Its turn (or no ticket, and nobody waits).
             if chat.ready_at > now:
+                tell(chat, ticket, chat.ready_at)
                 verdicts.append(waits(chat.ready_at - now, ticket, "chat"))
             elif used >= request.daily_limit:
+                tell(chat, ticket, now + to_midnight)
                 verdicts.append(waits(to_midnight, ticket, "day"))
             elif len(live) < limits.bot_sends:
                 used += 1
                 live.append(now)
                 chat.ready_at = now + interval
-                if ticket is not None and chat.serving <= ticket < chat.next_ticket:
+                chat.keep_until = max(chat.keep_until, chat.ready_at)
+                if ticket is not None and chat.waits(ticket):
+                    chat.told.pop(ticket, None)
                     chat.serving = ticket + 1
                 verdicts.append(PaceVerdict(True, ticket=ticket, admitted_at=now / MICROSECONDS))
             else:
@@ -411,16 +444,11 @@ class LocalOutboundPacer:
                     ticket = chat.next_ticket
                     chat.next_ticket += 1
                     free_at = calendar.book(free_at)
+                tell(chat, ticket, free_at)
                 verdicts.append(waits(free_at - now, ticket, "bot"))
-            self._keep(chat, now, interval)
         bot.sends = live[-limits.bot_sends :]
         self._days[(connection_id, day)] = used
         return verdicts
-
-    def _keep(self, chat: _Chat, now: int, interval: int) -> None:
-        waiting = chat.next_ticket - chat.serving
-        last = max(chat.ready_at, now) + waiting * interval + (self._limits.grace if waiting else 0)
-        chat.keep_until = max(chat.keep_until, last)
 
     async def confirm(self, confirmations: Sequence[Confirmation]) -> None:
         limits = self._limits
@@ -452,7 +480,8 @@ PACING_SCRIPT = """\
 -- KEYS[3]     the bot's calendar (a hash: o its origin, lo its oldest bucket, end its last place,
 --             and per bucket the places booked in it)
 -- KEYS[4..n]  one chat key per message, in order (a hash: r ready_at, s the
---             ticket served next, n the next ticket to give)
+--             ticket served next, n the next ticket to give, k until when it
+--             matters, t<ticket> the moment each waiting ticket was told)
 -- ARGV[1..5]  chat interval, group interval, bot sends, bot window, ticket grace
 --             (us, us, n, us, us)
 -- ARGV[6]     the daily limit
@@ -527,13 +556,33 @@ local sent = 0
 local waiting_on_bot = 0
 local chats = {}
 local out = {}
-local function keep(chat, interval)
-  local waiting = chat.n - chat.s
-  local last = math.max(chat.r, now) + waiting * interval
-  if waiting > 0 then
-    last = last + grace
+local function number(value)
+  return string.format('%d', value)
+end
+-- The moment a waiting ticket was last told to come back (false: none known).
+local function told_of(chat, ticket)
+  local value = chat.told[ticket]
+  if value == nil then
+    value = tonumber(redis.call('HGET', chat.key, 't' .. number(ticket))) or false
+    chat.told[ticket] = value
   end
-  chat.keep = math.max(chat.keep, last)
+  return value
+end
+local function waits(chat, ticket)
+  return ticket > 0 and chat.s <= ticket and ticket < chat.n
+end
+local function tell(chat, ticket, moment)
+  if waits(chat, ticket) then
+    chat.told[ticket] = moment
+    chat.changed[ticket] = true
+    chat.k = math.max(chat.k, moment + grace)
+    chat.dirty = true
+  end
+end
+local function forget(chat, ticket)
+  chat.told[ticket] = false
+  chat.changed[ticket] = true
+  chat.dirty = true
 end
 for j = 1, #KEYS - 3 do
   local key = KEYS[3 + j]
@@ -545,9 +594,9 @@ for j = 1, #KEYS - 3 do
   end
   local chat = chats[key]
   if not chat then
-    local got = redis.call('HMGET', key, 'r', 's', 'n')
-    chat = {r = tonumber(got[1]) or 0, s = tonumber(got[2]), n = tonumber(got[3]), keep = 0,
-            dirty = false}
+    local got = redis.call('HMGET', key, 'r', 's', 'n', 'k')
+    chat = {key = key, r = tonumber(got[1]) or 0, s = tonumber(got[2]), n = tonumber(got[3]),
+            k = tonumber(got[4]) or 0, told = {}, changed = {}, dirty = false}
     if not chat.s or not chat.n then
       chat.s = first_ticket
       chat.n = first_ticket
@@ -555,41 +604,60 @@ for j = 1, #KEYS - 3 do
     chats[key] = chat
   end
   local decided = false
-  if ticket > 0 and chat.s < ticket and ticket < chat.n then
-    -- Tickets before it are still to go.
-    local estimate = chat.r + (ticket - chat.s) * interval
-    if now < estimate + grace then
+  if waits(chat, ticket) then
+    -- The tickets before it that are overdue by the grace are gone (cancelled, or
+    -- lost with a worker): the chat serves on without them.
+    while chat.s < ticket do
+      local told = told_of(chat, chat.s)
+      if told and now < told + grace then
+        break
+      end
+      forget(chat, chat.s)
+      chat.s = chat.s + 1
+    end
+    if chat.s < ticket then
+      -- Its turn comes after the next ticket's, and the ones between.
+      local head = told_of(chat, chat.s)
+      local estimate = math.max(chat.r, head) + (ticket - chat.s) * interval
       local wait = estimate - now
       if estimate <= now then
-        wait = math.min(interval, estimate + grace - now)
+        wait = math.min(interval, head + grace - now)
       end
+      tell(chat, ticket, now + wait)
       out[#out + 1] = {0, wait, ticket, 1, 0}
       decided = true
-    else
-      -- They did not come: this one is served, and they after it.
-      chat.s = ticket
-      chat.dirty = true
     end
   elseif ticket == 0 and (chat.n > chat.s or chat.r > now) then
-    -- Others wait in this chat, or it may not receive yet: the next ticket.
+    -- Others wait in this chat, or it may not receive yet: the next ticket, due an
+    -- interval after the one before it, booked in the calendar.
     ticket = chat.n
     chat.n = ticket + 1
     chat.dirty = true
-    local at = book(math.max(chat.r, now) + (ticket - chat.s) * interval)
+    local estimate = math.max(chat.r, now)
+    if ticket > chat.s then
+      local previous = told_of(chat, ticket - 1) or estimate
+      estimate = math.max(estimate + (ticket - chat.s) * interval, previous + interval)
+    end
+    local at = book(estimate)
+    tell(chat, ticket, at)
     out[#out + 1] = {0, at - now, ticket, 1, 0}
     decided = true
   end
   if not decided then
     if chat.r > now then
+      tell(chat, ticket, chat.r)
       out[#out + 1] = {0, chat.r - now, ticket, 1, 0}
     elseif used >= daily_limit then
+      tell(chat, ticket, now + to_midnight)
       out[#out + 1] = {0, to_midnight, ticket, 3, 0}
     elseif #live < bot_sends then
       used = used + 1
       live[#live + 1] = now
       sent = sent + 1
       chat.r = now + interval
-      if ticket > 0 and chat.s <= ticket and ticket < chat.n then
+      chat.k = math.max(chat.k, chat.r)
+      if waits(chat, ticket) then
+        forget(chat, ticket)
         chat.s = ticket + 1
       end
       chat.dirty = true
@@ -606,16 +674,31 @@ for j = 1, #KEYS - 3 do
         chat.dirty = true
         free_at = book(free_at)
       end
+      tell(chat, ticket, free_at)
       out[#out + 1] = {0, free_at - now, ticket, 2, 0}
     end
   end
-  keep(chat, interval)
 end
 for key, chat in pairs(chats) do
   if chat.dirty then
-    redis.call('HSET', key, 'r', string.format('%d', chat.r), 's', string.format('%d', chat.s),
-               'n', string.format('%d', chat.n))
-    redis.call('PEXPIRE', key, math.ceil((chat.keep - now) / 1000) + STATE_MARGIN_MS)
+    local fields = {'r', number(chat.r), 's', number(chat.s), 'n', number(chat.n),
+                    'k', number(chat.k)}
+    local gone = {}
+    for ticket in pairs(chat.changed) do
+      if chat.told[ticket] then
+        fields[#fields + 1] = 't' .. number(ticket)
+        fields[#fields + 1] = number(chat.told[ticket])
+      else
+        gone[#gone + 1] = 't' .. number(ticket)
+      end
+    end
+    redis.call('HSET', key, unpack(fields))
+    if #gone > 0 then
+      redis.call('HDEL', key, unpack(gone))
+    end
+    -- Kept while it limits anything: its ready moment, and each waiting ticket's
+    -- turn and grace.
+    redis.call('PEXPIRE', key, math.ceil((chat.k - now) / 1000) + STATE_MARGIN_MS)
   end
 end
 if booked_any then

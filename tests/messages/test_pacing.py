@@ -292,6 +292,34 @@ async def test_a_ticket_whose_predecessor_never_comes_goes_after_the_grace() -> 
     assert late.allowed
 
 
+async def test_a_ticket_never_skips_one_before_it_that_the_bot_keeps_waiting() -> None:
+    """A chat with no recent send, whose first ticket waits on the bot's window
+    again and again: the second ticket waits for it, however long, and does not
+    pass it once its own turn seems due."""
+    clock = Clock()
+    pacer = LocalOutboundPacer(PacingLimits(bot_sends=1, ticket_grace=5.0), clock=clock)
+    assert (await admit(pacer, [PaceRequest(BOT, 1)]))[0].allowed  # the window is full
+    clock.now += 0.1
+    [first] = await admit(pacer, [PaceRequest(BOT, 2)])
+    clock.now += 0.1
+    [second] = await admit(pacer, [PaceRequest(BOT, 2)])
+    assert first.limited_by == "bot" and second.ticket == first.ticket + 1
+    for _ in range(8):
+        # Another chat takes each place as it comes free; the first ticket is
+        # refused every time and told a later place.
+        clock.now += 1.0
+        assert (await admit(pacer, [PaceRequest(BOT, 1)]))[0].allowed
+        [again] = await admit(pacer, [PaceRequest(BOT, 2, ticket=first.ticket)])
+        assert not again.allowed and again.limited_by == "bot"
+        [behind] = await admit(pacer, [PaceRequest(BOT, 2, ticket=second.ticket)])
+        assert not behind.allowed and behind.limited_by == "chat"
+    clock.now += 1.0
+    [goes] = await admit(pacer, [PaceRequest(BOT, 2, ticket=first.ticket)])
+    assert goes.allowed
+    [waits] = await admit(pacer, [PaceRequest(BOT, 2, ticket=second.ticket)])
+    assert not waits.allowed and waits.wait > 0
+
+
 async def test_a_ticket_the_chat_never_gave_goes_when_the_chat_may_receive() -> None:
     """After Redis lost its state, or the worker restarted: its messages' tickets
     mean nothing to the pacer now, and they are not made to wait for them."""
@@ -347,6 +375,7 @@ async def test_the_redis_pacer_decides_as_the_local_one(
 ) -> None:
     shared = RedisOutboundPacer(redis, prefix=f"test-pace-{uuid.uuid4().hex[:8]}")
     local = LocalOutboundPacer(clock=Clock())
+    started = time.monotonic()
     first_shared, first_local = await admit(shared, requests), await admit(local, requests)
     assert shape(first_shared) == shape(first_local)
 
@@ -361,10 +390,13 @@ async def test_the_redis_pacer_decides_as_the_local_one(
         return returning + requests[:10]
 
     second_shared = await admit(shared, back(first_shared))
+    passed = time.monotonic() - started
     second_local = await admit(local, back(first_local))
     assert decided(second_shared) == decided(second_local)
+    # Redis's clock moved on by at most `passed` between its two calls; the local
+    # pacer's did not move.
     for a, b in zip(second_shared, second_local, strict=True):
-        assert a.wait == pytest.approx(b.wait, abs=0.05)
+        assert b.wait - passed - 1e-6 <= a.wait <= b.wait + 1e-6
 
 
 async def test_two_workers_share_one_chats_schedule(redis: Redis) -> None:
@@ -399,6 +431,18 @@ async def test_a_connections_keys_share_one_hash_tag_and_expire(redis: Redis) ->
     assert 0 < await redis.pttl(f"{tag}:day:{day}") <= 2 * 86_400_000
 
 
+async def test_a_chat_is_kept_until_its_last_tickets_turn(redis: Redis) -> None:
+    """A ticket the bot's calendar puts minutes away keeps its chat's state (and so
+    its order) until its turn and grace are over, not just a chat interval."""
+    prefix = f"test-pace-{uuid.uuid4().hex[:8]}"
+    pacer = RedisOutboundPacer(redis, PacingLimits(bot_sends=1), prefix=prefix)
+    verdicts = await admit(pacer, [PaceRequest(BOT, 500 + n) for n in range(200)])
+    last = verdicts[-1]
+    assert last.ticket is not None and last.wait >= 150
+    ttl = await redis.pttl(f"{prefix}:{{{BOT}}}:chat:699")
+    assert ttl >= (last.wait + 5.0) * 1000
+
+
 async def test_a_chat_with_nobody_waiting_is_forgotten_soon(redis: Redis) -> None:
     prefix = f"test-pace-{uuid.uuid4().hex[:8]}"
     pacer = RedisOutboundPacer(redis, prefix=prefix)
@@ -422,6 +466,8 @@ async def test_the_calendar_forgets_buckets_that_are_over(redis: Redis) -> None:
     assert not later & buckets and len(later) == 2
 
 
+# SCRIPT FLUSH empties the whole server's script cache: nothing runs beside it.
+@pytest.mark.exclusive
 async def test_a_flushed_script_cache_is_reloaded(redis: Redis) -> None:
     pacer = RedisOutboundPacer(redis, prefix=f"test-pace-{uuid.uuid4().hex[:8]}")
     await pacer.admit([PaceRequest(BOT, 99)], COUNTED)
