@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import enum
 import functools
+import re
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -264,44 +265,73 @@ async def insert_many(
     *,
     skip_existing: bool = False,
 ) -> None:
-    """Insert `rows` (dicts with the same keys) in one statement; with
-    `skip_existing`, rows whose key exists already are left out (ON CONFLICT DO
-    NOTHING).
+    """Insert `rows` (dicts with the same keys, every column without a default
+    given) in one statement; with `skip_existing`, rows whose key exists already
+    are left out (ON CONFLICT DO NOTHING).
 
-    On PostgreSQL one `INSERT ... SELECT FROM unnest(...)` with a typed array per
-    column: the server runs one statement, not one per row as with executemany
-    (which made a batch of a dispatcher's recorded sends cost PostgreSQL more than
-    the sends cost the worker). Elsewhere, the rows as executemany parameters.
+    On PostgreSQL one `INSERT ... SELECT FROM unnest(...)` with an array per column:
+    the server runs one statement, not one per row as with executemany (which made
+    a batch of a dispatcher's recorded sends cost PostgreSQL more than the sends
+    cost the worker). Values go through their column type's own conversion
+    (`UTCDateTime` refuses a naive time, as everywhere), and the arrays are of the
+    unsized base types, so a value too long for its column is refused by the insert
+    as a plain INSERT's would be, not cut short by the cast. Elsewhere (SQLite), the
+    rows as executemany parameters.
     """
     if not rows:
         return
+    names = tuple(rows[0])
+    if any(len(row) != len(names) or any(name not in row for name in names) for row in rows):
+        raise ValueError("insert_many: every row must name the same columns")
     bind = executor.bind if isinstance(executor, AsyncSession) else executor
     if bind.dialect.name != "postgresql":
         # The embedded default: SQLite.
-        statement = sqlite.insert(table).on_conflict_do_nothing() if skip_existing else None
-        await executor.execute(insert(table) if statement is None else statement, list(rows))
+        build = sqlite.insert(table).on_conflict_do_nothing() if skip_existing else insert(table)
+        await executor.execute(build, list(rows))
         return
-    names = list(rows[0])
-    await _execute_driver_sql(
-        executor,
-        _unnest_insert(bind.dialect, table, tuple(names), skip_existing),
-        tuple([row[name] for row in rows] for name in names),
-    )
+    statement, converters = _unnest_insert(bind.dialect, table, names, skip_existing)
+    columns = []
+    for name, convert in zip(names, converters, strict=True):
+        values = [row[name] for row in rows]
+        columns.append(values if convert is None else [convert(value) for value in values])
+    await _execute_driver_sql(executor, statement, tuple(columns))
 
 
-@functools.cache
+_Converter = Callable[[Any], Any] | None
+
+
+# Per engine's dialect (a process has one or two; the tests make many, hence the bound).
+@functools.lru_cache(maxsize=256)
 def _unnest_insert(
     dialect: Dialect, table: Table, names: tuple[str, ...], skip_existing: bool
-) -> str:
+) -> tuple[str, list[_Converter]]:
+    """The statement, and each column's own conversion of a Python value (None: the
+    driver takes the value as it is)."""
     # Only the table's own column names get here (`table.c[name]` refuses others).
     columns = [table.c[name] for name in names]
     arrays = ", ".join(
-        f"${n}::{column.type.compile(dialect=dialect)}[]"
+        f"${n}::{_unsized(column.type.compile(dialect=dialect))}[]"
         for n, column in enumerate(columns, start=1)
     )
     quoted = ", ".join(f'"{column.name}"' for column in columns)
     statement = f'INSERT INTO "{table.name}" ({quoted}) SELECT * FROM unnest({arrays})'  # noqa: S608
-    return statement + (" ON CONFLICT DO NOTHING" if skip_existing else "")
+    converters: list[_Converter] = [
+        _bind_converter(column.type, dialect) if isinstance(column.type, TypeDecorator) else None
+        for column in columns
+    ]
+    return statement + (" ON CONFLICT DO NOTHING" if skip_existing else ""), converters
+
+
+def _unsized(sql_type: str) -> str:
+    """VARCHAR(32) -> VARCHAR: an array cast to a sized type truncates silently."""
+    return re.sub(r"\(.*\)", "", sql_type)
+
+
+def _bind_converter(column_type: TypeDecorator[Any], dialect: Dialect) -> _Converter:
+    def convert(value: Any) -> Any:
+        return None if value is None else column_type.process_bind_param(value, dialect)
+
+    return convert
 
 
 async def _execute_driver_sql(

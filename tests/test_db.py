@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Table, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError, StatementError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.auth.models import Workspace
@@ -78,3 +78,30 @@ async def test_nothing_to_insert_is_no_statement(engine: AsyncEngine) -> None:
     async with engine.begin() as connection:
         await insert_many(connection, WORKSPACES, [])
     assert await stored(engine) == {}
+
+
+async def test_a_value_too_long_for_its_column_is_refused_not_cut_short(
+    engine: AsyncEngine,
+) -> None:
+    if engine.dialect.name == "sqlite":
+        pytest.skip("SQLite does not enforce VARCHAR lengths")
+    with pytest.raises(DBAPIError):
+        async with engine.begin() as connection:
+            await insert_many(connection, WORKSPACES, [workspace("x" * 201, datetime.now(UTC))])
+    assert await stored(engine) == {}
+
+
+async def test_a_naive_time_is_refused_as_by_the_column_type(engine: AsyncEngine) -> None:
+    with pytest.raises((ValueError, StatementError)):
+        async with engine.begin() as connection:
+            await insert_many(connection, WORKSPACES, [workspace("naive", datetime(2026, 1, 1))])
+    assert await stored(engine) == {}
+
+
+async def test_rows_naming_different_columns_are_refused(engine: AsyncEngine) -> None:
+    at = datetime.now(UTC)
+    with pytest.raises(ValueError, match="same columns"):
+        async with engine.begin() as connection:
+            await insert_many(
+                connection, WORKSPACES, [workspace("a", at), {"id": uuid.uuid4(), "name": "b"}]
+            )
