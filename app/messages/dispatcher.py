@@ -631,7 +631,9 @@ class Dispatcher:
                 states.Sent(
                     item.outbound_message_id,
                     item.telegram_message_id,
-                    item.conversation_id or conversation_for_chat(item.connection_id, item.chat_id),
+                    None
+                    if item.conversation_id is not None
+                    else conversation_for_chat(item.connection_id, item.chat_id),
                 )
                 for _, item in sent
             ],

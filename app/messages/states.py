@@ -337,12 +337,13 @@ def _held(message_id: uuid.UUID, owner: str) -> ColumnElement[bool]:
 
 @dataclass(frozen=True)
 class Sent:
-    """A message Telegram accepted: its Telegram id, and its conversation (the one
-    it was addressed to, or the one of the chat Telegram answered with)."""
+    """A message Telegram accepted: its Telegram id, and for a message sent by chat
+    id the conversation of the chat Telegram answered with (None keeps the one the
+    message has: a migration may have moved it since the claim)."""
 
     message_id: uuid.UUID
     telegram_message_id: int
-    conversation_id: uuid.UUID
+    conversation_id: uuid.UUID | None
 
 
 async def mark_sent(
@@ -395,7 +396,10 @@ async def mark_sent(
             .where(MESSAGES.c.id == bindparam("m_id"))
             .values(
                 telegram_message_id=bindparam("m_telegram_id"),
-                conversation_id=bindparam("m_conversation_id"),
+                conversation_id=func.coalesce(
+                    bindparam("m_conversation_id", type_=MESSAGES.c.conversation_id.type),
+                    MESSAGES.c.conversation_id,
+                ),
             ),
             [
                 {
@@ -417,7 +421,7 @@ _MARK_SENT_POSTGRES = """
 UPDATE outbound_messages AS m SET
     status = 'sent', telegram_message_id = v.telegram_message_id, sent_at = $3,
     attempts = m.attempts + 1, last_error = NULL, lease_owner = NULL, lease_until = NULL,
-    conversation_id = v.conversation_id, updated_at = $3
+    conversation_id = COALESCE(v.conversation_id, m.conversation_id), updated_at = $3
 FROM unnest($1::uuid[], $2::bigint[], $5::uuid[]) AS v(id, telegram_message_id, conversation_id)
 WHERE m.id = v.id AND m.status = 'sending' AND m.lease_owner = $4
 RETURNING m.id
