@@ -250,6 +250,7 @@ async def open_worker_runtime(
 
 
 _heap_collected = False
+_heap_frozen_by = 0
 
 
 @contextmanager
@@ -262,16 +263,21 @@ def frozen_startup_heap() -> Iterator[None]:
     with it. A later start in the same process (the tests start hundreds of apps in
     one) only freezes: a full collection of a large heap costs about 100 ms, and what
     it would free goes back to the collector when the heap is unfrozen on the way out.
+    Nested (the API server with its worker inside, `serve --with-worker`), the inner
+    one freezes what it added, and only the outermost unfreezes.
     """
-    global _heap_collected
+    global _heap_collected, _heap_frozen_by
     if not _heap_collected:
         gc.collect()
         _heap_collected = True
     gc.freeze()
+    _heap_frozen_by += 1
     try:
         yield
     finally:
-        gc.unfreeze()
+        _heap_frozen_by -= 1
+        if _heap_frozen_by == 0:
+            gc.unfreeze()
 
 
 def metrics_access(settings: Settings) -> MetricsAccess:

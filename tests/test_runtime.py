@@ -100,3 +100,11 @@ def test_the_startup_heap_is_frozen_while_a_process_runs_and_collected_only_once
 
     # A second start in one process (the tests start hundreds) does not collect again.
     assert collections == [1]
+
+    # Nested (the worker inside the API server): the inner one's end leaves the
+    # outer's heap frozen.
+    with runtime.frozen_startup_heap():
+        with runtime.frozen_startup_heap():
+            pass
+        assert gc.get_freeze_count() > 0
+    assert gc.get_freeze_count() == 0
