@@ -65,6 +65,11 @@ def _redis_url_of_this_process(base: str) -> str:
     index = int(url.database or 0) - number
     if index <= 13 < index + number:
         index -= 1
+    if index < 0:
+        raise RuntimeError(
+            f"TEST_REDIS_URL's database index is too low for test process {worker}: "
+            "use a higher index, or fewer processes (TEST_WORKERS)"
+        )
     return url.set(database=str(index)).render_as_string(hide_password=False)
 
 

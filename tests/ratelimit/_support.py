@@ -4,7 +4,6 @@ server, and command counting."""
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import socket
 import subprocess
@@ -18,9 +17,13 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from tests.conftest import TEST_REDIS_URL
+
 T = TypeVar("T")
 
-SHARED_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+# This test process's Redis database (tests/conftest.py): the rate-limit tests delete
+# only their own keys, and no other test runs in this process at the same time.
+SHARED_REDIS_URL = TEST_REDIS_URL
 REDIS_SERVER = shutil.which("redis-server")
 
 

@@ -1,8 +1,8 @@
 """Fixtures for the rate-limit tests.
 
-The shared Redis (TEST_REDIS_URL, default database 15) is used by other test
-suites at the same time: every test gets its own random key prefix, deletes
-only its own keys, and never flushes anything. Tests that count commands or
+The shared Redis is this test process's database (TEST_REDIS_URL, as
+tests/conftest.py gives each process its own): every test gets its own random
+key prefix, deletes only its own keys, and never flushes anything. Tests that count commands or
 restart Redis use a private `redis-server` instead.
 """
 
