@@ -1,5 +1,5 @@
 """`states.claim` on PostgreSQL: a claim takes at most `limit` messages; and
-`states.defer`, on both backends."""
+`states.defer`, `states.mark_sent` and the claim's order, on both backends."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db import utcnow
+from app.inbox.recording import SentOutbound, conversation_for_chat, open_conversations
 from app.messages import states
 from app.messages.models import MessageStatus
 from tests.conftest import BackendApp, WorkspaceFixture
@@ -125,3 +126,60 @@ async def test_a_claim_returns_its_messages_in_the_order_they_are_due(
             connection, owner="a", now=now, lease_until=now + timedelta(minutes=1), limit=10
         )
     assert [row.text for row in claimed] == ["m4", "m3", "m2", "m1", "m0"]
+
+
+async def test_marking_sent_sets_the_conversation_only_where_one_is_given(
+    backend_app: BackendApp, telegram_double: TelegramDouble
+) -> None:
+    """A message sent by chat id gets its chat's conversation; one given none (it
+    was addressed by conversation) keeps the conversation it has."""
+    client, workspace = backend_app.client, backend_app.workspace
+    _, connection = await connect(client, workspace, telegram_double)
+    connection_id = uuid.UUID(connection)
+    for chat_id in (950, 951):
+        await request(client, workspace, connection, chat_id=chat_id, text=f"to {chat_id}")
+    now = utcnow()
+    async with backend_app.engine.begin() as connection:
+        claimed = await states.claim(
+            connection, owner="a", now=now, lease_until=now + timedelta(minutes=1), limit=2
+        )
+        by_chat, by_conversation = sorted(claimed, key=lambda row: row.chat_id)
+        await open_conversations(
+            connection,
+            [
+                SentOutbound(
+                    row.id, row.workspace_id, connection_id, None, int(row.chat_id), "private",
+                    None, 1, row.text, now,
+                )
+                for row in claimed
+            ],
+        )  # fmt: skip
+        kept = conversation_for_chat(connection_id, 951)
+        await connection.execute(
+            update(states.MESSAGES)
+            .where(states.MESSAGES.c.id == by_conversation.id)
+            .values(conversation_id=kept)
+        )
+        marked = await states.mark_sent(
+            connection,
+            "a",
+            [
+                states.Sent(by_chat.id, 11, conversation_for_chat(connection_id, 950)),
+                states.Sent(by_conversation.id, 12, None),
+            ],
+            now,
+        )
+        rows = {
+            row.id: row
+            for row in (
+                await connection.execute(
+                    select(states.MESSAGES).where(states.MESSAGES.c.id.in_(marked))
+                )
+            ).all()
+        }
+    assert marked == {by_chat.id, by_conversation.id}
+    assert {row.status for row in rows.values()} == {MessageStatus.sent}
+    assert rows[by_chat.id].conversation_id == conversation_for_chat(connection_id, 950)
+    assert rows[by_chat.id].telegram_message_id == 11
+    assert rows[by_conversation.id].conversation_id == kept
+    assert rows[by_conversation.id].telegram_message_id == 12
