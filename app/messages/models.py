@@ -53,8 +53,21 @@ FINAL_STATUSES = frozenset(
 class OutboundMessage(Base):
     __tablename__ = "outbound_messages"
     __table_args__ = (
-        # The dispatcher's claim: due queued rows, oldest due first.
-        Index("ix_outbound_messages_due", "status", "next_attempt_at"),
+        # The dispatcher's claim (app.messages.states.claim), each step reading its
+        # index in its order up to its limit: due queued rows, oldest due first (and
+        # in the order they were requested); those holding a ticket (a few among
+        # many); sending rows whose lease ran out.
+        Index("ix_outbound_messages_due", "status", "next_attempt_at", "created_at", "id"),
+        Index(
+            "ix_outbound_messages_ticket_due",
+            "status",
+            "next_attempt_at",
+            "created_at",
+            "id",
+            postgresql_where=text("pacing_ticket IS NOT NULL"),
+            sqlite_where=text("pacing_ticket IS NOT NULL"),
+        ),
+        Index("ix_outbound_messages_lease", "status", "lease_until"),
         Index("ix_outbound_messages_workspace_created", "workspace_id", "created_at", "id"),
         Index("ix_outbound_messages_connection_status", "connection_id", "status"),
         # A broadcast's messages, in their order (app.messages.batches).

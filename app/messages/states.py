@@ -26,6 +26,7 @@ from sqlalchemy import (
     Row,
     Table,
     and_,
+    any_,
     bindparam,
     func,
     or_,
@@ -220,16 +221,23 @@ async def cancel_for_connection(
 # -- the dispatcher's transitions ---------------------------------------------------
 
 
-def claimable(now: datetime, due_by: datetime | None = None) -> ColumnElement[bool]:
-    """Queued messages due by `due_by` (default: now), and sending ones whose
-    worker's lease ran out."""
-    return or_(
-        and_(
-            MESSAGES.c.status == MessageStatus.queued,
-            MESSAGES.c.next_attempt_at <= (now if due_by is None else due_by),
-        ),
-        and_(MESSAGES.c.status == MessageStatus.sending, MESSAGES.c.lease_until < now),
+def _lease_ran_out(now: datetime) -> ColumnElement[bool]:
+    """Sending messages whose worker's lease ran out (it died, or lost its database)."""
+    return and_(MESSAGES.c.status == MessageStatus.sending, MESSAGES.c.lease_until < now)
+
+
+def _due_holding_a_ticket(due_by: datetime) -> ColumnElement[bool]:
+    # `pacing_ticket IS NOT NULL` is written out, not bound: it selects the partial
+    # index `ix_outbound_messages_ticket_due`.
+    return and_(
+        MESSAGES.c.status == MessageStatus.queued,
+        MESSAGES.c.pacing_ticket.is_not(None),
+        MESSAGES.c.next_attempt_at <= due_by,
     )
+
+
+def _due(due_by: datetime) -> ColumnElement[bool]:
+    return and_(MESSAGES.c.status == MessageStatus.queued, MESSAGES.c.next_attempt_at <= due_by)
 
 
 # What a worker needs of a claimed message to send it and record what happened: not
@@ -271,54 +279,65 @@ async def claim(
     paused_connections: ColumnElement[bool] | None = None,
 ) -> Sequence[Row[Any]]:
     """queued (due by `due_by`, default now) or lease-expired sending -> sending
-    under `owner`'s lease; returns each one's `CLAIMED_COLUMNS`.
+    under `owner`'s lease; returns each one's `CLAIMED_COLUMNS`, in the order the
+    pacer is to see them (`_claim_order`).
+
+    Up to `limit` messages, taken in three steps, each one statement: messages
+    whose worker's lease ran out (first, so a backlog never holds them back), then
+    queued messages that hold a ticket in their chat's order (they are the sends
+    due now, while a new message only needs its ticket), then the rest that are
+    due, oldest due first and, among messages due at once, in the order they were
+    requested, so a chat's messages reach the pacer (and Telegram) in order. Each
+    step reads its index in that order and stops at its limit: a claim costs what
+    it takes, not what waits (one statement sorting every due message cost a
+    backlog of 20,000 a 30 ms scan per claim).
 
     On PostgreSQL the candidates are locked with SKIP LOCKED, so concurrent
-    workers claim disjoint rows without waiting on each other; on SQLite one
+    workers claim disjoint rows without waiting on each other; on SQLite each
     statement is atomic under the database's single writer lock.
     """
-    # Messages holding a ticket in their chat's order first: they are the sends
-    # due now, while a new message only needs its ticket. Then the oldest due and,
-    # among messages due at once, in the order they were requested, so a chat's
-    # messages reach the pacer (and Telegram) in order.
-    candidates = (
-        select(MESSAGES.c.id)
-        .where(claimable(now, due_by))
-        .order_by(
-            MESSAGES.c.pacing_ticket.is_(None),
-            MESSAGES.c.next_attempt_at,
-            MESSAGES.c.created_at,
-            MESSAGES.c.id,
-        )
-        .limit(limit)
-    )
-    if paused_connections is not None:
-        candidates = candidates.where(~paused_connections)
-    picked: Any = candidates.scalar_subquery()
-    if connection.dialect.name == "postgresql":
-        # A materialized CTE: the candidates are chosen once. As `IN (subquery)` the
-        # planner may scan the subquery again while it updates, and each rescan skips
-        # the rows this statement has already changed, so the LIMIT kept choosing
-        # more: one claim took every due message, whatever `limit` said.
-        chosen = (
-            candidates.with_for_update(skip_locked=True).cte("picked").prefix_with("MATERIALIZED")
-        )
-        picked = select(chosen.c.id)
-    stmt = (
-        update(MESSAGES)
-        .where(MESSAGES.c.id.in_(picked), claimable(now, due_by))
-        .values(
-            status=MessageStatus.sending,
-            lease_owner=owner,
-            lease_until=lease_until,
-            updated_at=now,
-        )
-        .returning(*CLAIMED_COLUMNS)
-    )
+    due_by = now if due_by is None else due_by
+    by_due = (MESSAGES.c.next_attempt_at, MESSAGES.c.created_at, MESSAGES.c.id)
+    steps: list[tuple[ColumnElement[bool], tuple[Any, ...]]] = [
+        (_lease_ran_out(now), (MESSAGES.c.lease_until,)),
+        (_due_holding_a_ticket(due_by), by_due),
+        (_due(due_by), by_due),
+    ]
+    values = {
+        "status": MessageStatus.sending,
+        "lease_owner": owner,
+        "lease_until": lease_until,
+        "updated_at": now,
+    }
+    claimed: list[Row[Any]] = []
+    for claimable, order in steps:
+        if len(claimed) >= limit:
+            break
+        candidates = select(MESSAGES.c.id).where(claimable).order_by(*order)
+        candidates = candidates.limit(limit - len(claimed))
+        if paused_connections is not None:
+            candidates = candidates.where(~paused_connections)
+        picked: Any = candidates.scalar_subquery()
+        chosen: Any = MESSAGES.c.id.in_(picked)
+        if connection.dialect.name == "postgresql":
+            # A materialized CTE: the candidates are chosen once. As `IN (subquery)`
+            # the planner may scan the subquery again while it updates, and each
+            # rescan skips the rows this statement has already changed, so the LIMIT
+            # kept choosing more: one claim took every due message, whatever `limit`
+            # said. `= ANY(ARRAY(...))` has each chosen row found by its key, where a
+            # join with the CTE had the planner scan the whole table.
+            cte = (
+                candidates.with_for_update(skip_locked=True)
+                .cte("picked")
+                .prefix_with("MATERIALIZED")
+            )
+            chosen = MESSAGES.c.id == any_(func.array(select(cte.c.id).scalar_subquery()))
+        stmt = update(MESSAGES).where(chosen, claimable).values(values).returning(*CLAIMED_COLUMNS)
+        claimed += (await connection.execute(stmt)).all()
     # RETURNING comes in the order rows were updated, which is the table's physical
     # order, not the candidates': the pacer decides in the order it is given, so a
     # chat's messages would otherwise go out of order.
-    return sorted((await connection.execute(stmt)).all(), key=_claim_order)
+    return sorted(claimed, key=_claim_order)
 
 
 def _claim_order(row: Row[Any]) -> tuple[bool, datetime, datetime, uuid.UUID]:

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import uuid
 from datetime import timedelta
+from typing import Any
 
 import httpx
-from sqlalchemy import func, select, update
+from sqlalchemy import event, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db import utcnow
@@ -183,3 +184,107 @@ async def test_marking_sent_sets_the_conversation_only_where_one_is_given(
     assert rows[by_chat.id].telegram_message_id == 11
     assert rows[by_conversation.id].conversation_id == kept
     assert rows[by_conversation.id].telegram_message_id == 12
+
+
+async def test_a_claim_takes_expired_leases_then_ticket_holders_ahead_of_a_backlog(
+    backend_app: BackendApp, telegram_double: TelegramDouble
+) -> None:
+    """A backlog larger than the claim's limit never holds back a message whose
+    worker died, nor one whose turn in its chat has come."""
+    client, workspace = backend_app.client, backend_app.workspace
+    _, connection_id = await connect(client, workspace, telegram_double)
+    ids = [
+        uuid.UUID(
+            (await request(client, workspace, connection_id, chat_id=960, text=f"m{n}"))["id"]
+        )
+        for n in range(6)
+    ]
+    now = utcnow()
+    async with backend_app.engine.begin() as connection:
+        # m0..m3: a backlog due a minute ago; m4 holds a ticket, due just now; m5 was
+        # being sent by a worker whose lease ran out a moment ago.
+        await connection.execute(
+            update(states.MESSAGES)
+            .where(states.MESSAGES.c.id.in_(ids[:4]))
+            .values(next_attempt_at=now - timedelta(minutes=1))
+        )
+        await connection.execute(
+            update(states.MESSAGES)
+            .where(states.MESSAGES.c.id == ids[4])
+            .values(next_attempt_at=now, pacing_ticket=3)
+        )
+        await connection.execute(
+            update(states.MESSAGES)
+            .where(states.MESSAGES.c.id == ids[5])
+            .values(
+                status=MessageStatus.sending,
+                lease_owner="gone",
+                lease_until=now - timedelta(seconds=1),
+                next_attempt_at=now,
+            )
+        )
+        claimed = await states.claim(
+            connection, owner="a", now=now, lease_until=now + timedelta(minutes=1), limit=3
+        )
+    assert {row.text for row in claimed} == {"m5", "m4", "m0"}
+    # The pacer sees the ticket holder first, then the rest by when each was due.
+    assert [row.text for row in claimed] == ["m4", "m0", "m5"]
+
+
+async def test_a_claim_reads_its_indexes_in_order_and_never_sorts_the_queue(
+    app_client: httpx.AsyncClient,
+    workspace: WorkspaceFixture,
+    telegram_double: TelegramDouble,
+    db_engine: AsyncEngine,
+) -> None:
+    """Each of a claim's statements finds its rows by an index read in the claim's
+    order up to its limit: sorting every due message made a claim's cost grow with
+    the backlog (30 ms a claim with 20,000 waiting)."""
+    _, connection_id = await connect(app_client, workspace, telegram_double)
+    template = await request(app_client, workspace, connection_id, chat_id=970, text="backlog")
+    now = utcnow()
+    async with db_engine.begin() as connection:
+        # A backlog of 3,000 copies of the message, due one after another, one in
+        # a hundred holding a ticket.
+        copied = {
+            "id": "(md5(random()::text || n))::uuid",
+            "next_attempt_at": "next_attempt_at - n * interval '1 ms'",
+            "pacing_ticket": "CASE WHEN n % 100 = 0 THEN n END",
+            "idempotency_key": "NULL",
+            "request_fingerprint": "NULL",
+        }
+        names = [column.name for column in states.MESSAGES.c]
+        await connection.execute(
+            text(
+                f"INSERT INTO outbound_messages ({', '.join(names)}) "
+                f"SELECT {', '.join(copied.get(name, name) for name in names)} "
+                "FROM outbound_messages, generate_series(1, 3000) AS n WHERE id = :id"
+            ),
+            {"id": uuid.UUID(template["id"])},
+        )
+        await connection.execute(text("ANALYZE outbound_messages"))
+    statements: list[tuple[str, Any]] = []
+
+    def capture(_c: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        statements.append((statement, parameters))
+
+    event.listen(db_engine.sync_engine, "before_cursor_execute", capture)
+    try:
+        async with db_engine.begin() as connection:
+            claimed = await states.claim(
+                connection, owner="a", now=now, lease_until=now + timedelta(minutes=1), limit=80
+            )
+    finally:
+        event.remove(db_engine.sync_engine, "before_cursor_execute", capture)
+    # The 30 ticket holders, then 50 more: all three steps ran.
+    assert len(claimed) == 80 and len(statements) == 3
+    assert sum(row.pacing_ticket is not None for row in claimed) == 30
+    plans = []
+    async with db_engine.begin() as connection:
+        for statement, parameters in statements:
+            explained = await connection.exec_driver_sql(f"EXPLAIN {statement}", parameters)
+            plans.append("\n".join(row[0] for row in explained))
+    # No step reads the whole table; the backlog's step reads its index in order up
+    # to its limit (a few ticket holders may be sorted: no more than the limit).
+    assert all("Seq Scan on outbound_messages" not in plan for plan in plans), plans
+    assert "ix_outbound_messages_due" in plans[2] and "Sort" not in plans[2], plans[2]
