@@ -30,7 +30,7 @@ from app.logging import configure_logging
 from app.messages.router import router as messages_router
 from app.middleware import RequestContextMiddleware
 from app.openapi import DESCRIPTION, TAGS
-from app.runtime import ApiRuntime, frozen_startup_heap, open_api_runtime
+from app.runtime import ApiRuntime, open_api_runtime, serving_collector
 from app.vault import Keyring
 from app.web import UI_PREFIX, to_page, ui_app
 
@@ -156,7 +156,7 @@ def create_app(
             # domain's collaborators), so no domain reaches for the runtime itself.
             app.state.session_factory = runtime.session_factory
             app.state.connections = runtime.connections
-            with frozen_startup_heap():
+            with serving_collector():
                 async with (
                     _agent_access(app, settings, runtime)
                     if settings.mcp_enabled

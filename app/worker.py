@@ -40,7 +40,7 @@ from app.messages.dispatcher import Dispatcher, DispatchSettings
 from app.messages.queue_metrics import QueueGauges
 from app.messages.states import expire_due
 from app.metrics import serve_metrics
-from app.runtime import WorkerRuntime, frozen_startup_heap, metrics_access, open_worker_runtime
+from app.runtime import WorkerRuntime, metrics_access, open_worker_runtime, serving_collector
 from app.vault import Keyring
 
 __all__ = ["default_worker_id", "run_worker"]
@@ -106,8 +106,8 @@ async def run_worker(
                 shutdown_grace=settings.shutdown_grace_seconds,
             ),
         )
-        # As the API server does (see `frozen_startup_heap`).
-        with frozen_startup_heap():
+        # As the API server does (see `serving_collector`).
+        with serving_collector():
             async with _metrics_endpoint(runtime):
                 log.info("worker_started", long_poll_timeout=long_poll_timeout)
                 sending = asyncio.create_task(dispatcher.run(stop), name="outbound-dispatcher")

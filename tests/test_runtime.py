@@ -93,18 +93,24 @@ def test_the_startup_heap_is_frozen_while_a_process_runs_and_collected_only_once
     collections: list[int] = []
     monkeypatch.setattr(runtime.gc, "collect", lambda: collections.append(1) or 0)
     monkeypatch.setattr(runtime, "_heap_collected", False)
+    before = gc.get_threshold()
     for _ in range(2):
-        with runtime.frozen_startup_heap():
+        with runtime.serving_collector():
             assert gc.get_freeze_count() > 0
+            # The young generation is collected far less often while serving.
+            assert gc.get_threshold() == (runtime.SERVING_YOUNG_THRESHOLD, *before[1:])
         assert gc.get_freeze_count() == 0
+        assert gc.get_threshold() == before
 
     # A second start in one process (the tests start hundreds) does not collect again.
     assert collections == [1]
 
     # Nested (the worker inside the API server): the inner one's end leaves the
     # outer's heap frozen.
-    with runtime.frozen_startup_heap():
-        with runtime.frozen_startup_heap():
+    with runtime.serving_collector():
+        with runtime.serving_collector():
             pass
         assert gc.get_freeze_count() > 0
+        assert gc.get_threshold()[0] == runtime.SERVING_YOUNG_THRESHOLD
     assert gc.get_freeze_count() == 0
+    assert gc.get_threshold() == before
