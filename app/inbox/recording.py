@@ -417,6 +417,10 @@ class SentOutbound:
     # None when the message was addressed by chat id and no conversation was known.
     conversation_id: uuid.UUID | None
     chat_id: int
+    # The conversation of the chat Telegram answered with (`conversation_for_chat`):
+    # the one a message sent by chat id belongs to. Worked out once, by whoever
+    # reports the send, for the several places that need it.
+    chat_conversation_id: uuid.UUID
     chat_type: str
     chat_title: str | None
     telegram_message_id: int
@@ -428,15 +432,16 @@ async def open_conversations(
     executor: AsyncSession | AsyncConnection, sent: Sequence[SentOutbound]
 ) -> None:
     """The conversations of messages sent by chat id, where there are none yet: the
-    conversation of the chat Telegram answered with (`conversation_for_chat`, which
+    conversation of the chat Telegram answered with (`chat_conversation_id`, which
     the messages domain records on each message). Ingress (or another worker) may be
     creating the same conversation at this moment: an existing one is left as is."""
     conversations: dict[uuid.UUID, dict[str, Any]] = {}
     for item in sent:
-        if item.conversation_id is None:
+        if item.conversation_id is None and item.chat_conversation_id not in conversations:
             key = ConversationKey(chat_id=item.chat_id).encode()
-            row_id = conversation_id(item.connection_id, key)
-            conversations.setdefault(row_id, _conversation_row(item, key, row_id))
+            conversations[item.chat_conversation_id] = _conversation_row(
+                item, key, item.chat_conversation_id
+            )
     await insert_many(
         executor, CONVERSATIONS_TABLE, list(conversations.values()), skip_existing=True
     )
@@ -486,7 +491,7 @@ async def record_outbound_sent(
                 outbound_message_id=item.outbound_message_id,
                 workspace_id=item.workspace_id,
                 connection_id=item.connection_id,
-                conversation_id=conversation_for_chat(item.connection_id, item.chat_id),
+                conversation_id=item.chat_conversation_id,
                 text=item.text,
                 status="sent",
                 telegram_message_id=item.telegram_message_id,

@@ -631,9 +631,7 @@ class Dispatcher:
                 states.Sent(
                     item.outbound_message_id,
                     item.telegram_message_id,
-                    None
-                    if item.conversation_id is not None
-                    else conversation_for_chat(item.connection_id, item.chat_id),
+                    None if item.conversation_id is not None else item.chat_conversation_id,
                 )
                 for _, item in sent
             ],
@@ -707,6 +705,7 @@ def _sent_outbound(row: Row[Any], sent: SentMessage, now: datetime) -> SentOutbo
         connection_id=row.connection_id,
         conversation_id=row.conversation_id,
         chat_id=sent.chat_id,
+        chat_conversation_id=conversation_for_chat(row.connection_id, sent.chat_id),
         chat_type=sent.chat_type,
         chat_title=sent.chat_title,
         telegram_message_id=sent.message_id,

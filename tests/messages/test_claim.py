@@ -149,7 +149,8 @@ async def test_marking_sent_sets_the_conversation_only_where_one_is_given(
             connection,
             [
                 SentOutbound(
-                    row.id, row.workspace_id, connection_id, None, int(row.chat_id), "private",
+                    row.id, row.workspace_id, connection_id, None, int(row.chat_id),
+                    conversation_for_chat(connection_id, int(row.chat_id)), "private",
                     None, 1, row.text, now,
                 )
                 for row in claimed
