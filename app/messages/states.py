@@ -226,18 +226,14 @@ def _lease_ran_out(now: datetime) -> ColumnElement[bool]:
     return and_(MESSAGES.c.status == MessageStatus.sending, MESSAGES.c.lease_until < now)
 
 
+def _due(due_by: datetime) -> ColumnElement[bool]:
+    return and_(MESSAGES.c.status == MessageStatus.queued, MESSAGES.c.next_attempt_at <= due_by)
+
+
 def _due_holding_a_ticket(due_by: datetime) -> ColumnElement[bool]:
     # `pacing_ticket IS NOT NULL` is written out, not bound: it selects the partial
     # index `ix_outbound_messages_ticket_due`.
-    return and_(
-        MESSAGES.c.status == MessageStatus.queued,
-        MESSAGES.c.pacing_ticket.is_not(None),
-        MESSAGES.c.next_attempt_at <= due_by,
-    )
-
-
-def _due(due_by: datetime) -> ColumnElement[bool]:
-    return and_(MESSAGES.c.status == MessageStatus.queued, MESSAGES.c.next_attempt_at <= due_by)
+    return and_(_due(due_by), MESSAGES.c.pacing_ticket.is_not(None))
 
 
 # What a worker needs of a claimed message to send it and record what happened: not
