@@ -162,19 +162,15 @@ def run_inner_session(scratch: Path, output: str, *extra: str) -> subprocess.Com
 
 
 @pytest.mark.timeout(180)
-def test_a_secret_in_a_tests_output_fails_the_whole_run(scratch: Path) -> None:
-    result = run_inner_session(scratch, output="connecting with {token}")
-    assert "1 passed" in result.stdout, result.stdout + result.stderr
-    assert result.returncode == pytest.ExitCode.TESTS_FAILED, result.stdout + result.stderr
-    assert "secret-leak check FAILED" in result.stdout
-    assert "bot_token in" in result.stdout
-
-
-@pytest.mark.timeout(180)
-def test_a_secret_in_a_worker_processs_output_fails_the_whole_run(scratch: Path) -> None:
-    """Under pytest-xdist (as `make test` runs): the worker that ran the test found
-    the secret, and the controller, whose status `make test` sees, fails."""
-    result = run_inner_session(scratch, "connecting with {token}", "-p", "xdist", "-n", "2")
+@pytest.mark.parametrize(
+    "processes", [(), ("-p", "xdist", "-n", "2")], ids=["one-process", "worker-processes"]
+)
+def test_a_secret_in_a_tests_output_fails_the_whole_run(
+    scratch: Path, processes: tuple[str, ...]
+) -> None:
+    """Also under pytest-xdist (as `make test` runs): the worker that ran the test
+    found the secret, and the controller, whose status `make test` sees, fails."""
+    result = run_inner_session(scratch, "connecting with {token}", *processes)
     assert "1 passed" in result.stdout, result.stdout + result.stderr
     assert result.returncode == pytest.ExitCode.TESTS_FAILED, result.stdout + result.stderr
     assert "secret-leak check FAILED" in result.stdout
